@@ -1,0 +1,133 @@
+"""Pydantic models of the JSON records on the Kafka topics (see docs/architecture.md).
+
+* ``recsys.reward.raw`` -> :class:`RewardEvent` (producer: inner-reward-rs)
+* ``recsys.kpi.raw``    -> :class:`KpiEvent` (producer: gateway)
+* ``recsys.sessions``   -> :class:`SessionRecord` (producer: outer-controller)
+
+Consumers validate with ``Model.model_validate_json(raw_bytes)``; unknown extra fields are ignored so
+producers may add fields without breaking older consumers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+NonEmptyId = Annotated[str, Field(min_length=1, max_length=256)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+EventTimeMs = Annotated[int, Field(gt=0)]
+
+KpiKind = Literal["purchase", "return_visit", "subscription"]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class RewardParts(_Record):
+    click: FiniteFloat
+    dwell: FiniteFloat
+    skip: FiniteFloat
+    relevance: FiniteFloat
+
+
+class RewardEvent(_Record):
+    """One scored action on ``recsys.reward.raw``."""
+
+    event_id: NonEmptyId
+    request_id: str = ""
+    user_id: NonEmptyId
+    session_id: str = ""
+    item_id: NonEmptyId
+    position: int = Field(ge=0)
+    event_time_ms: EventTimeMs
+    clicked: bool
+    dwell_seconds: FiniteFloat = Field(ge=0.0)
+    skipped: bool
+    predicted_relevance: FiniteFloat = Field(ge=0.0, le=1.0)
+    behavior_propensity: FiniteFloat = Field(gt=0.0, le=1.0)
+    segment: str = "default"
+    reward: FiniteFloat
+    raw_reward: FiniteFloat
+    parts: RewardParts
+    weights_version: int = Field(ge=0)
+    scored_at_ms: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _default_segment(self) -> RewardEvent:
+        if not self.segment:
+            self.segment = "default"
+        return self
+
+
+class KpiEventBase(_Record):
+    """The fields a client sends for one delayed business event (everything but ``received_at_ms``)."""
+
+    event_id: NonEmptyId
+    user_id: NonEmptyId
+    session_id: Annotated[str, Field(max_length=256)] | None = None
+    kind: KpiKind
+    event_time_ms: EventTimeMs
+    revenue: FiniteFloat | None = Field(default=None, ge=0.0, validate_default=True)
+    item_id: Annotated[str, Field(max_length=256)] | None = None
+
+    @field_validator("revenue", mode="after")
+    @classmethod
+    def _purchase_needs_revenue(cls, v: float | None, info: ValidationInfo) -> float | None:
+        # A field validator (not a model validator) so the error's location names ``revenue``.
+        if info.data.get("kind") == "purchase" and (v is None or v <= 0.0):
+            raise ValueError("revenue must be > 0 for kind 'purchase'")
+        return v
+
+
+class KpiEvent(KpiEventBase):
+    """One delayed business event on ``recsys.kpi.raw``."""
+
+    received_at_ms: int = Field(ge=0)
+
+
+class SessionStep(_Record):
+    event_id: NonEmptyId
+    item_id: str
+    position: int = Field(ge=0)
+    event_time_ms: int
+    clicked: bool
+    dwell_seconds: FiniteFloat
+    skipped: bool
+    predicted_relevance: FiniteFloat
+    behavior_propensity: FiniteFloat
+    reward: FiniteFloat
+    weights_version: int = Field(ge=0)
+    return_: FiniteFloat = Field(alias="return")
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
+
+
+class SessionKpi(_Record):
+    revenue: FiniteFloat = 0.0
+    purchases: int = Field(default=0, ge=0)
+    return_visits: int = Field(default=0, ge=0)
+    subscriptions: int = Field(default=0, ge=0)
+    event_ids: list[str] = Field(default_factory=list)
+
+
+class SessionRecord(_Record):
+    """One closed session on ``recsys.sessions``."""
+
+    session_key: NonEmptyId
+    user_id: NonEmptyId
+    segment: str
+    start_ms: int
+    end_ms: int
+    closed_at_ms: int
+    n_steps: int = Field(ge=1)
+    gamma: FiniteFloat = Field(ge=0.0, le=1.0)
+    steps: list[SessionStep]
+    discounted_return: FiniteFloat
+    kpi: SessionKpi
+    business_reward: FiniteFloat
+    weights_versions: list[int]
+
+    def to_json_bytes(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode("utf-8")

@@ -1,0 +1,208 @@
+"""Test helpers shared by the packages' test suites (not used at run time).
+
+:class:`RedisServer` starts a throw-away ``redis-server`` (no persistence) on a free port::
+
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from types import TracebackType
+
+from .events import KpiEvent, RewardEvent
+from .kafka import Delivery, DeliveryError
+
+REDIS_SERVER_CANDIDATES = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")
+
+
+def find_redis_server() -> str | None:
+    env = os.environ.get("REDIS_SERVER_BIN")
+    if env and os.path.exists(env):
+        return env
+    for c in REDIS_SERVER_CANDIDATES:
+        if os.path.exists(c):
+            return c
+    return shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server child process on 127.0.0.1:<free port>; stopped (and waited for) on exit."""
+
+    def __init__(self, binary: str | None = None, port: int | None = None) -> None:
+        found = binary or find_redis_server()
+        if not found:
+            raise RuntimeError("redis-server not found (set REDIS_SERVER_BIN)")
+        self.binary = found
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self._dir = tempfile.TemporaryDirectory(prefix="rewardloop-redis-")
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir.name,
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited early with code {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not start in time")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class FakeAsyncProducer:
+    """An in-memory :class:`rewardloop_common.kafka.AsyncEventProducer` that records what was produced.
+
+    Set ``fail`` (delivery error), ``hang`` (no report until the timeout) or ``alive`` to steer it.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, bytes]] = []
+        self.fail = False
+        self.hang = False
+        self.started = False
+        self.closed = False
+        self.alive = True
+
+    def start(self) -> None:
+        self.started = True
+
+    async def produce(self, topic: str, key: str, value: bytes, timeout: float = 5.0) -> Delivery:
+        if self.hang:
+            await asyncio.sleep(timeout)
+            raise DeliveryError(f"no delivery report within {timeout:.1f}s")
+        if self.fail:
+            raise DeliveryError("broker down")
+        self.records.append((topic, key, value))
+        return Delivery(topic, 0, len(self.records) - 1)
+
+    async def healthy(self) -> bool:
+        return self.alive
+
+    async def close(self, flush_timeout: float = 5.0) -> None:
+        self.closed = True
+
+
+def make_reward_event(
+    event_id: str,
+    user_id: str = "u-1",
+    event_time_ms: int = 1_763_888_400_000,
+    *,
+    position: int = 0,
+    clicked: bool = False,
+    dwell_seconds: float = 0.0,
+    skipped: bool = False,
+    predicted_relevance: float = 0.5,
+    reward: float = 0.0,
+    segment: str = "default",
+    weights_version: int = 0,
+    **extra: object,
+) -> RewardEvent:
+    """A valid ``recsys.reward.raw`` record with sensible defaults (for tests)."""
+    data: dict[str, object] = {
+        "event_id": event_id,
+        "request_id": f"r-{event_id}",
+        "user_id": user_id,
+        "session_id": f"s-{user_id}",
+        "item_id": f"i-{event_id}",
+        "position": position,
+        "event_time_ms": event_time_ms,
+        "clicked": clicked,
+        "dwell_seconds": dwell_seconds,
+        "skipped": skipped,
+        "predicted_relevance": predicted_relevance,
+        "behavior_propensity": 0.5,
+        "segment": segment,
+        "reward": reward,
+        "raw_reward": reward,
+        "parts": {"click": 0.0, "dwell": 0.0, "skip": 0.0, "relevance": 0.0},
+        "weights_version": weights_version,
+        "scored_at_ms": event_time_ms + 1,
+    }
+    data.update(extra)
+    return RewardEvent.model_validate(data)
+
+
+def make_kpi_event(
+    event_id: str,
+    user_id: str = "u-1",
+    kind: str = "purchase",
+    event_time_ms: int = 1_763_888_400_000,
+    revenue: float | None = None,
+    **extra: object,
+) -> KpiEvent:
+    """A valid ``recsys.kpi.raw`` record (purchase revenue defaults to 10.0)."""
+    if kind == "purchase" and revenue is None:
+        revenue = 10.0
+    data: dict[str, object] = {
+        "event_id": event_id,
+        "user_id": user_id,
+        "kind": kind,
+        "event_time_ms": event_time_ms,
+        "revenue": revenue,
+        "received_at_ms": event_time_ms + 1,
+    }
+    data.update(extra)
+    return KpiEvent.model_validate(data)

@@ -1,0 +1,94 @@
+"""``rewardloop-outer``: run the outer controller."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from pydantic import ValidationError
+
+ENV_HELP = """\
+environment variables:
+  OUTER_METRICS_HOST / OUTER_METRICS_PORT   Prometheus endpoint (default 0.0.0.0 / 9102; port 0 = off)
+  OUTER_SESSION_GAP_SECONDS     session gap in event time, float (default 1800)
+  OUTER_GAMMA                   discount for per-step returns (default 0.99)
+  OUTER_CONSUMER_GROUP          Kafka consumer group (default rewardloop-outer-controller)
+  OUTER_UPDATE_BATCH_SESSIONS   closed sessions per segment per weight update (default 200)
+  OUTER_LEARNING_RATE / OUTER_MAX_STEP      outer rule step size and per-update cap (default 0.1 / 0.1)
+  KAFKA_BOOTSTRAP_SERVERS       default 127.0.0.1:9092
+  KAFKA_TOPIC_REWARD_RAW / KAFKA_TOPIC_KPI_RAW / KAFKA_TOPIC_SESSIONS
+                                default recsys.reward.raw / recsys.kpi.raw / recsys.sessions
+  REDIS_URL                     default redis://127.0.0.1:6379/0
+  LOG_FORMAT / LOG_LEVEL        console|json / INFO
+
+Consumes recsys.reward.raw + recsys.kpi.raw, closes per-user sessions, produces recsys.sessions and
+updates the inner-reward weights in Redis with the bounded outer rule (see the service README).
+SIGTERM/SIGINT: flush, commit what is safe, exit (open sessions are rebuilt from Kafka next run).
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rewardloop-outer",
+        description="rewardloop outer controller: sessions, business reward, bounded weight updates.",
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.parse_args(argv)
+
+    from prometheus_client import start_http_server
+
+    from rewardloop_common.kafka import make_consumer, make_producer
+    from rewardloop_common.logging import configure_logging, get_logger
+    from rewardloop_common.weights_store import WeightsStore
+
+    from .controller import OuterController
+    from .metrics import OuterMetrics
+    from .settings import OuterSettings
+
+    try:
+        settings = OuterSettings()
+    except ValidationError as exc:
+        print(f"rewardloop-outer: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    log = get_logger("rewardloop.outer")
+
+    metrics = OuterMetrics()
+    if settings.outer_metrics_port:
+        start_http_server(
+            settings.outer_metrics_port, addr=settings.outer_metrics_host, registry=metrics.registry
+        )
+    consumer = make_consumer(
+        settings.kafka_bootstrap_servers, settings.outer_consumer_group, client_id="rewardloop-outer"
+    )
+    producer = make_producer(settings.kafka_bootstrap_servers, client_id="rewardloop-outer")
+    store = WeightsStore.from_url(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
+    controller = OuterController(settings, consumer, producer, store, metrics)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal received, stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "outer controller starting",
+        kafka=settings.kafka_bootstrap_servers,
+        redis=settings.redis_url,
+        gap_seconds=settings.outer_session_gap_seconds,
+        metrics_port=settings.outer_metrics_port,
+    )
+    controller.run(stop)
+    log.info("outer controller stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
