@@ -1,0 +1,113 @@
+//! Command-line flags, each also readable from the environment variable named in
+//! `docs/architecture.md` (the flag wins over the variable).
+
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Console,
+    /// One JSON object per line.
+    Json,
+}
+
+/// rewardloop inner-reward scorer: scores immediate feedback over gRPC with weights
+/// hot-reloaded from Redis, and publishes every scored action to Kafka.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "inner-reward-rs", version, about, long_about = None)]
+pub struct Config {
+    /// Kafka bootstrap servers (comma-separated host:port) for the reward topic.
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub kafka_bootstrap_servers: String,
+
+    /// Kafka topic that receives one JSON record per scored action (key: user_id).
+    #[arg(
+        long,
+        env = "KAFKA_TOPIC_REWARD_RAW",
+        default_value = "recsys.reward.raw"
+    )]
+    pub kafka_topic_reward_raw: String,
+
+    /// Redis URL holding the weights documents (`rewardloop:weights:<segment>`) and the
+    /// `rewardloop:weights-updates` channel. If Redis is down the scorer serves built-in
+    /// defaults and keeps retrying.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/0")]
+    pub redis_url: String,
+
+    /// Address the gRPC server (InnerReward, grpc.health.v1, reflection v1) listens on.
+    #[arg(
+        long,
+        env = "INNER_REWARD_GRPC_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of the HTTP server for Prometheus (`GET /metrics`) and liveness (`GET /healthz`).
+    #[arg(
+        long,
+        env = "INNER_REWARD_METRICS_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_addr: SocketAddr,
+
+    /// Capacity of the in-memory queue between the gRPC handlers and the Kafka producer; when
+    /// it is full, events are dropped and counted (rewardloop_inner_events_dropped_total).
+    #[arg(long, env = "INNER_REWARD_QUEUE_CAPACITY", default_value_t = 65536,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_capacity: u32,
+
+    /// Largest accepted slate in ScoreSlate; larger requests get INVALID_ARGUMENT.
+    #[arg(long, env = "INNER_REWARD_MAX_SLATE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_slate: u32,
+
+    /// Seconds between full re-reads of all weights documents (safety net for missed
+    /// pub/sub messages); also the Redis reconnect interval.
+    #[arg(long, env = "INNER_REWARD_WEIGHTS_POLL_SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub weights_poll_seconds: u64,
+
+    /// Longest wait, in seconds, for Kafka to acknowledge queued events at shutdown.
+    #[arg(long, env = "INNER_REWARD_SHUTDOWN_FLUSH_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub shutdown_flush_seconds: u64,
+
+    /// Log format: `console` or `json`. The level is read from RUST_LOG (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "console")]
+    pub log_format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = Config::try_parse_from([
+            "inner-reward-rs",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--max-slate",
+            "7",
+            "--log-format",
+            "json",
+        ])
+        .expect("parses");
+        assert_eq!(c.grpc_addr.port(), 0);
+        assert_eq!(c.max_slate, 7);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(Config::try_parse_from(["inner-reward-rs", "--queue-capacity", "0"]).is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! Prometheus metrics (one registry per server instance, so tests can run several) and the
+//! HTTP endpoint that serves them.
+
+use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Sub-millisecond buckets: scoring is pure CPU work, so most requests end well under 1 ms.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+#[derive(Debug, Error)]
+#[error("registering metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+/// All metrics of the scorer.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub request_duration: HistogramVec,
+    pub requests: IntCounterVec,
+    pub events_enqueued: IntCounter,
+    pub events_published: IntCounter,
+    pub events_failed: IntCounter,
+    pub events_dropped: IntCounter,
+    pub queue_depth: IntGauge,
+    pub weights_version: IntGaugeVec,
+    pub weights_reload_errors: IntCounter,
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "rewardloop_inner_request_duration_seconds",
+                "gRPC handler latency of the InnerReward service, by method",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["method"],
+        )?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "rewardloop_inner_requests_total",
+                "InnerReward requests, by method and gRPC status code",
+            ),
+            &["method", "code"],
+        )?;
+        let events_enqueued = IntCounter::new(
+            "rewardloop_inner_events_enqueued_total",
+            "Scored actions put on the Kafka queue",
+        )?;
+        let events_published = IntCounter::new(
+            "rewardloop_inner_events_published_total",
+            "Scored actions acknowledged by Kafka",
+        )?;
+        let events_failed = IntCounter::new(
+            "rewardloop_inner_events_failed_total",
+            "Scored actions Kafka did not accept (delivery or produce error)",
+        )?;
+        let events_dropped = IntCounter::new(
+            "rewardloop_inner_events_dropped_total",
+            "Scored actions dropped because the Kafka queue was full or closed",
+        )?;
+        let queue_depth = IntGauge::new(
+            "rewardloop_inner_queue_depth",
+            "Scored actions waiting in the in-memory queue for the Kafka producer",
+        )?;
+        let weights_version = IntGaugeVec::new(
+            Opts::new(
+                "rewardloop_inner_weights_version",
+                "Version of the weights document in use, by segment",
+            ),
+            &["segment"],
+        )?;
+        let weights_reload_errors = IntCounter::new(
+            "rewardloop_inner_weights_reload_errors_total",
+            "Weights documents refused (invalid) or reads from Redis that failed",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "rewardloop_inner_build_info",
+                "Build information of the inner-reward scorer (always 1)",
+            ),
+            &["version"],
+        )?;
+        for c in [
+            Box::new(request_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
+            Box::new(events_enqueued.clone()),
+            Box::new(events_published.clone()),
+            Box::new(events_failed.clone()),
+            Box::new(events_dropped.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(weights_version.clone()),
+            Box::new(weights_reload_errors.clone()),
+            Box::new(build_info.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Ok(Self {
+            registry,
+            request_duration,
+            requests,
+            events_enqueued,
+            events_published,
+            events_failed,
+            events_dropped,
+            queue_depth,
+            weights_version,
+            weights_reload_errors,
+            build_info,
+        })
+    }
+
+    /// Records one finished request.
+    pub fn observe_request(&self, method: &str, code: tonic::Code, seconds: f64) {
+        self.request_duration
+            .with_label_values(&[method])
+            .observe(seconds);
+        self.requests
+            .with_label_values(&[method, code_name(code)])
+            .inc();
+    }
+
+    /// The registry in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(8 * 1024);
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The canonical upper-case gRPC status name (`OK`, `INVALID_ARGUMENT`, ...).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// `GET /metrics` (Prometheus text) and `GET /healthz` (liveness).
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(metrics)
+}
+
+async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_all_families() {
+        let m = Metrics::new().expect("metrics");
+        m.observe_request("ScoreAction", tonic::Code::Ok, 0.0001);
+        m.observe_request("ScoreAction", tonic::Code::InvalidArgument, 0.0001);
+        m.weights_version.with_label_values(&["default"]).set(3);
+        let text = m.render();
+        for name in [
+            "rewardloop_inner_request_duration_seconds_bucket{method=\"ScoreAction\",le=\"0.00005\"}",
+            "rewardloop_inner_requests_total{code=\"INVALID_ARGUMENT\",method=\"ScoreAction\"} 1",
+            "rewardloop_inner_events_enqueued_total 0",
+            "rewardloop_inner_events_published_total 0",
+            "rewardloop_inner_events_failed_total 0",
+            "rewardloop_inner_events_dropped_total 0",
+            "rewardloop_inner_queue_depth 0",
+            "rewardloop_inner_weights_version{segment=\"default\"} 3",
+            "rewardloop_inner_weights_reload_errors_total 0",
+            "rewardloop_inner_build_info{version=",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The `rewardloop.v1.InnerReward` gRPC service.
+
+use crate::metrics::Metrics;
+use crate::pb::inner_reward_server::InnerReward;
+use crate::pb::{
+    Feedback, GetConfigRequest, GetConfigResponse, Reward, RewardParts, ScoreActionRequest,
+    ScoreActionResponse, ScoreSlateRequest, ScoreSlateResponse,
+};
+use crate::scoring::{self, normalize_segment, FieldViolation, Signals};
+use crate::telemetry::{RewardRecord, TelemetryQueue};
+use crate::weights::WeightsStore;
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The scorer: validates, scores with the segment's current weights, queues telemetry.
+#[derive(Clone)]
+pub struct InnerRewardService {
+    store: Arc<WeightsStore>,
+    queue: TelemetryQueue,
+    metrics: Arc<Metrics>,
+    max_slate: usize,
+}
+
+impl InnerRewardService {
+    pub fn new(
+        store: Arc<WeightsStore>,
+        queue: TelemetryQueue,
+        metrics: Arc<Metrics>,
+        max_slate: usize,
+    ) -> Self {
+        Self {
+            store,
+            queue,
+            metrics,
+            max_slate,
+        }
+    }
+
+    /// Scores one validated feedback and queues its record.
+    fn score_one(&self, f: Feedback) -> Reward {
+        let segment = normalize_segment(&f.segment).to_owned();
+        let doc = self.store.get(&segment);
+        let s = scoring::score(Signals::from(&f), &doc.weights);
+        let reward = Reward {
+            event_id: f.event_id.clone(),
+            value: s.value,
+            raw_value: s.raw,
+            parts: Some(RewardParts {
+                click: s.parts.click,
+                dwell: s.parts.dwell,
+                skip: s.parts.skip,
+                relevance: s.parts.relevance,
+            }),
+            weights_version: doc.version,
+            segment: doc.segment.clone(),
+        };
+        self.queue
+            .enqueue(RewardRecord::new(f, segment, &s, doc.version));
+        reward
+    }
+
+    fn finish<T>(
+        &self,
+        method: &str,
+        started: Instant,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.metrics
+            .observe_request(method, code, started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+/// INVALID_ARGUMENT with a `BadRequest` detail naming the field.
+pub fn invalid_argument(v: &FieldViolation) -> Status {
+    let mut details = ErrorDetails::new();
+    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid {}: {}", v.field, v.description),
+        details,
+    )
+}
+
+#[tonic::async_trait]
+impl InnerReward for InnerRewardService {
+    async fn score_action(
+        &self,
+        request: Request<ScoreActionRequest>,
+    ) -> Result<Response<ScoreActionResponse>, Status> {
+        let started = Instant::now();
+        let result = match request.into_inner().feedback {
+            None => Err(invalid_argument(&FieldViolation::new(
+                "feedback",
+                "is required",
+            ))),
+            Some(f) => match scoring::validate_feedback("feedback", &f) {
+                Err(v) => Err(invalid_argument(&v)),
+                Ok(()) => Ok(Response::new(ScoreActionResponse {
+                    reward: Some(self.score_one(f)),
+                })),
+            },
+        };
+        self.finish("ScoreAction", started, result)
+    }
+
+    async fn score_slate(
+        &self,
+        request: Request<ScoreSlateRequest>,
+    ) -> Result<Response<ScoreSlateResponse>, Status> {
+        let started = Instant::now();
+        let feedbacks = request.into_inner().feedbacks;
+        let result = match scoring::validate_slate(&feedbacks, self.max_slate) {
+            Err(v) => Err(invalid_argument(&v)),
+            Ok(()) => Ok(Response::new(ScoreSlateResponse {
+                rewards: feedbacks.into_iter().map(|f| self.score_one(f)).collect(),
+            })),
+        };
+        self.finish("ScoreSlate", started, result)
+    }
+
+    async fn get_config(
+        &self,
+        request: Request<GetConfigRequest>,
+    ) -> Result<Response<GetConfigResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let doc = self.store.get(normalize_segment(&req.segment));
+        let result = Ok(Response::new(GetConfigResponse {
+            segment: doc.segment.clone(),
+            weights: Some(crate::pb::Weights {
+                click: doc.weights.click,
+                dwell: doc.weights.dwell,
+                skip: doc.weights.skip,
+                relevance: doc.weights.relevance,
+            }),
+            version: doc.version,
+            source: doc.source.clone(),
+            updated_at_ms: doc.updated_at_ms,
+        }));
+        self.finish("GetConfig", started, result)
+    }
+}
