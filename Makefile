@@ -1,0 +1,74 @@
+# rewardloop: `make help` lists the targets. The native stack (no Docker) lives in deploy/local;
+# docker-compose.yml is the same stack for users with a Docker engine.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV       := .venv/bin
+CRATE      := services/inner-reward-rs/Cargo.toml
+DURATION   ?= 60
+E2E_RUN_DIR := $(CURDIR)/.run/e2e
+COMPOSE    ?= $(shell command -v docker-compose >/dev/null 2>&1 && echo docker-compose || echo docker compose)
+
+.PHONY: help install proto build start stop status run test test-unit test-e2e check compose-config clean
+
+help: ## show this menu
+	@echo "rewardloop: make <target>   (native stack state in .run/local, see docs/architecture.md)"
+	@echo
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: ## install everything the native stack needs (apt, uv + .venv, proto stubs, Kafka jars, cargo build)
+	@deploy/local/install.sh
+
+proto: ## generate the Python gRPC stubs from proto/
+	@$(VENV)/python libs/common/scripts/gen_proto.py
+
+build: ## build the Rust scorer (release)
+	cargo build --release --manifest-path $(CRATE)
+
+start: ## start the native stack (Redis, Kafka, scorer, gateway, outer-controller) in the background
+	@deploy/local/start.sh
+
+stop: ## stop the native stack
+	@deploy/local/stop.sh
+
+status: ## show what of the native stack runs
+	@deploy/local/status.sh; rc=$$?; [[ $$rc -eq 3 ]] && rc=0; exit $$rc
+
+run: install start ## install, start, drive a simulated workload for DURATION seconds (default 60); leaves the stack running
+	@set -a; source "$${RUN_DIR:-.run/local}/stack.env"; set +a; \
+	$(VENV)/python -m rewardloop_sim.run --duration $(DURATION); rc=$$?; \
+	echo; echo "The stack is still running (logs in .run/local/logs). Stop it with: make stop"; \
+	exit $$rc
+
+test: install ## install, then unit tests and e2e tests; exits with the tests' code
+	@rc=0; \
+	$(MAKE) --no-print-directory test-unit || rc=$$?; \
+	$(MAKE) --no-print-directory test-e2e || { r=$$?; [[ $$rc -ne 0 ]] || rc=$$r; }; \
+	if [[ $$rc -eq 0 ]]; then echo "make test: all passed"; else echo "make test: FAILED (exit $$rc)"; fi; \
+	exit $$rc
+
+test-unit: ## unit tests: cargo test (release) and pytest for libs, services, tests/compose
+	@rc=0; \
+	cargo test --release --manifest-path $(CRATE) || rc=$$?; \
+	$(VENV)/pytest libs services tests/compose || { r=$$?; [[ $$rc -ne 0 ]] || rc=$$r; }; \
+	exit $$rc
+
+test-e2e: ## end-to-end tests against a real native stack of their own (.run/e2e, other ports)
+	@rc=0; $(VENV)/pytest tests/e2e -m e2e || rc=$$?; \
+	RUN_DIR=$(E2E_RUN_DIR) deploy/local/stop.sh >/dev/null 2>&1 || true; \
+	exit $$rc
+
+check: ## lint: cargo fmt --check, clippy -D warnings, ruff check + format --check
+	cargo fmt --manifest-path $(CRATE) --check
+	cargo clippy --release --manifest-path $(CRATE) --all-targets -- -D warnings
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+
+compose-config: ## validate docker-compose.yml (no Docker engine needed)
+	@$(COMPOSE) -f docker-compose.yml config -q && echo "docker-compose.yml: ok"
+
+clean: ## stop the native stacks and remove .run/ (state, logs, Kafka jars) and generated proto stubs
+	-@deploy/local/stop.sh
+	-@RUN_DIR=$(E2E_RUN_DIR) deploy/local/stop.sh
+	rm -rf .run libs/common/src/rewardloop_common/proto/gen
