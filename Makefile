@@ -50,7 +50,7 @@ test: install ## install, then unit tests and e2e tests; exits with the tests' c
 
 test-unit: ## unit tests: cargo test (release) and pytest for libs, services, tests/compose
 	@rc=0; \
-	cargo test --release --manifest-path $(CRATE) || rc=$$?; \
+	REWARDLOOP_REQUIRE_KAFKA=1 cargo test --release --manifest-path $(CRATE) || rc=$$?; \
 	$(VENV)/pytest libs services tests/compose || { r=$$?; [[ $$rc -ne 0 ]] || rc=$$r; }; \
 	exit $$rc
 
@@ -72,3 +72,18 @@ clean: ## stop the native stacks and remove .run/ (state, logs, Kafka jars) and 
 	-@deploy/local/stop.sh
 	-@RUN_DIR=$(E2E_RUN_DIR) deploy/local/stop.sh
 	rm -rf .run libs/common/src/rewardloop_common/proto/gen
+
+.PHONY: bench-scorer
+bench-scorer: ## benchmark the inner-reward scorer vs an empty tonic service (scripts/bench_scorer.sh; BENCH_RATE, BENCH_DURATION, ...)
+	scripts/bench_scorer.sh
+
+SCORER_HOST ?= 127.0.0.1:50051
+USERS ?= 20
+SPAWN_RATE ?= 20
+LOADTEST_DURATION ?= 30s
+P99_BUDGET_MS ?= 5
+.PHONY: loadtest
+loadtest: ## Locust pre-rollout gate on the scorer (SCORER_HOST USERS SPAWN_RATE LOADTEST_DURATION P99_BUDGET_MS); fails over budget
+	@mkdir -p reports/loadtest
+	$(VENV)/locust -f loadtests/scorer_grpc.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(LOADTEST_DURATION) \
+	  --host $(SCORER_HOST) --p99-budget-ms $(P99_BUDGET_MS) --csv reports/loadtest/scorer --html reports/loadtest/scorer.html

@@ -57,7 +57,9 @@ def stack() -> Iterator[Stack]:
     env = _stack_env()
     subprocess.run(["bash", str(REPO / "deploy/local/stop.sh")], env=env, check=False)
     # a clean slate each run: topics, Redis data and the consumer group are the test's own
-    subprocess.run(["rm", "-rf", env["RUN_DIR"] + "/kafka-data", env["RUN_DIR"] + "/redis"], check=False)
+    subprocess.run(
+        ["rm", "-rf", *(env["RUN_DIR"] + d for d in ("/kafka-data", "/redis", "/spool"))], check=False
+    )
     started = subprocess.run(["bash", str(REPO / "deploy/local/start.sh")], env=env)
     try:
         assert started.returncode == 0, f"deploy/local/start.sh failed; logs in {env['RUN_DIR']}/logs"

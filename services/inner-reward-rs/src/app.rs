@@ -1,11 +1,13 @@
 //! Wires the pieces together: listeners, weights loader, telemetry, gRPC and metrics servers,
 //! and the shutdown sequence.
 
-use crate::config::Config;
+use crate::config::{Config, Telemetry};
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::pb::inner_reward_server::InnerRewardServer;
 use crate::service::InnerRewardService;
-use crate::telemetry::{KafkaSettings, TelemetryError, TelemetryQueue, TelemetryWorker};
+use crate::telemetry::{
+    KafkaSettings, SpoolSettings, TelemetryError, TelemetryQueue, TelemetryWorker,
+};
 use crate::weights::{self, LoadError, WeightsStore};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -107,19 +109,26 @@ impl App {
             stop_rx.clone(),
         )?;
 
-        let (queue, rx) = TelemetryQueue::new(
-            usize::try_from(config.queue_capacity).unwrap_or(usize::MAX),
-            Arc::clone(&metrics),
-        );
-        let worker = TelemetryWorker::start(
-            KafkaSettings {
-                bootstrap_servers: config.kafka_bootstrap_servers.clone(),
-                topic: config.kafka_topic_reward_raw.clone(),
-                flush_timeout: Duration::from_secs(config.shutdown_flush_seconds),
-            },
-            rx,
-            Arc::clone(&metrics),
-        )?;
+        let (queue, worker) = match config.telemetry {
+            Telemetry::Off => (None, None),
+            Telemetry::On => {
+                let (queue, rx) = TelemetryQueue::new(
+                    usize::try_from(config.queue_capacity).unwrap_or(usize::MAX),
+                    Arc::clone(&metrics),
+                );
+                let worker = TelemetryWorker::start(
+                    KafkaSettings {
+                        bootstrap_servers: config.kafka_bootstrap_servers.clone(),
+                        topic: config.kafka_topic_reward_raw.clone(),
+                        flush_timeout: Duration::from_secs(config.shutdown_flush_seconds),
+                    },
+                    spool_settings(&config, grpc_addr),
+                    rx,
+                    Arc::clone(&metrics),
+                )?;
+                (Some(queue), Some(worker))
+            }
+        };
 
         let service = InnerRewardService::new(
             Arc::clone(&store),
@@ -154,6 +163,7 @@ impl App {
             redis = %redact(&config.redis_url),
             queue_capacity = config.queue_capacity,
             max_slate = config.max_slate,
+            telemetry = ?config.telemetry,
             "inner-reward-rs serving"
         );
 
@@ -179,7 +189,9 @@ impl App {
             .await;
         tracing::info!("grpc server stopped; draining the event queue");
 
-        worker.shutdown().await;
+        if let Some(worker) = worker {
+            worker.shutdown().await;
+        }
         for task in loaders {
             task.abort();
         }
@@ -194,6 +206,39 @@ impl App {
         http_result?;
         tracing::info!("inner-reward-rs stopped");
         Ok(())
+    }
+}
+
+/// The spool directory: the configured one, else one per gRPC port under the temp dir (a
+/// throw-away one per process and server when the port is 0, removed when left empty).
+fn spool_settings(config: &Config, grpc_addr: SocketAddr) -> SpoolSettings {
+    static SERVERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (dir, remove_when_empty) = match &config.spool_dir {
+        Some(d) => (d.clone(), false),
+        None if config.grpc_addr.port() == 0 => {
+            let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (
+                std::env::temp_dir().join(format!(
+                    "rewardloop-inner-reward-spool-pid{}-{n}",
+                    std::process::id()
+                )),
+                true,
+            )
+        }
+        None => (
+            std::env::temp_dir().join(format!(
+                "rewardloop-inner-reward-spool-{}",
+                grpc_addr.port()
+            )),
+            false,
+        ),
+    };
+    SpoolSettings {
+        dir,
+        max_bytes: config.spool_max_bytes,
+        segment_bytes: 64 * 1024 * 1024,
+        max_in_flight: usize::try_from(config.kafka_max_in_flight).unwrap_or(usize::MAX),
+        remove_when_empty,
     }
 }
 

@@ -3,6 +3,16 @@
 
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Telemetry switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Telemetry {
+    /// Publish every scored action to Kafka (spooling to disk when Kafka is slow or down).
+    On,
+    /// Publish nothing (benchmarks; a scorer whose output nobody consumes).
+    Off,
+}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -56,8 +66,9 @@ pub struct Config {
     )]
     pub metrics_addr: SocketAddr,
 
-    /// Capacity of the in-memory queue between the gRPC handlers and the Kafka producer; when
-    /// it is full, events are dropped and counted (rewardloop_inner_events_dropped_total).
+    /// Capacity (records) of the lock-free in-memory queue between the gRPC handlers and the
+    /// Kafka/spool worker. When it is full the call fails with UNAVAILABLE and is counted in
+    /// rewardloop_inner_events_dropped_total: an accepted event is never dropped.
     #[arg(long, env = "INNER_REWARD_QUEUE_CAPACITY", default_value_t = 65536,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_capacity: u32,
@@ -77,6 +88,29 @@ pub struct Config {
     #[arg(long, env = "INNER_REWARD_SHUTDOWN_FLUSH_SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(0..=600))]
     pub shutdown_flush_seconds: u64,
+
+    /// Directory of the disk spool that holds scored actions while Kafka is slow or down (and
+    /// across restarts; replayed in order). One scorer per directory (a lock file enforces it).
+    /// Default: `<tmp>/rewardloop-inner-reward-spool-<grpc port>` (a throw-away directory per
+    /// process when the port is 0).
+    #[arg(long, env = "INNER_REWARD_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Most bytes the disk spool may hold; when it is full the in-memory queue fills up and calls
+    /// are refused with UNAVAILABLE.
+    #[arg(long, env = "INNER_REWARD_SPOOL_MAX_BYTES", default_value_t = 1 << 30,
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    pub spool_max_bytes: u64,
+
+    /// Records handed to the Kafka producer and not yet acknowledged above which new events go
+    /// to the disk spool instead (also: no acknowledgement for 2 s while records are in flight).
+    #[arg(long, env = "INNER_REWARD_KAFKA_MAX_IN_FLIGHT", default_value_t = 200_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub kafka_max_in_flight: u32,
+
+    /// `on`: publish every scored action to Kafka; `off`: publish nothing.
+    #[arg(long, env = "INNER_REWARD_TELEMETRY", value_enum, default_value = "on")]
+    pub telemetry: Telemetry,
 
     /// Log format: `console` or `json`. The level is read from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "console")]

@@ -10,6 +10,7 @@ pub mod logging;
 pub mod metrics;
 pub mod scoring;
 pub mod service;
+pub mod spool;
 pub mod telemetry;
 pub mod weights;
 

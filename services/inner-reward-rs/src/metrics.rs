@@ -29,6 +29,12 @@ pub struct Metrics {
     pub events_failed: IntCounter,
     pub events_dropped: IntCounter,
     pub queue_depth: IntGauge,
+    pub spool_bytes: IntGauge,
+    pub spool_records: IntGauge,
+    pub events_spooled: IntCounter,
+    pub events_replayed: IntCounter,
+    pub spool_errors: IntCounter,
+    pub kafka_in_flight: IntGauge,
     pub weights_version: IntGaugeVec,
     pub weights_reload_errors: IntCounter,
     pub build_info: IntGaugeVec,
@@ -66,11 +72,35 @@ impl Metrics {
         )?;
         let events_dropped = IntCounter::new(
             "rewardloop_inner_events_dropped_total",
-            "Scored actions dropped because the Kafka queue was full or closed",
+            "Scored actions refused (the call failed with UNAVAILABLE) because the telemetry queue was full or closed; accepted events are never dropped",
         )?;
         let queue_depth = IntGauge::new(
             "rewardloop_inner_queue_depth",
             "Scored actions waiting in the in-memory queue for the Kafka producer",
+        )?;
+        let spool_bytes = IntGauge::new(
+            "rewardloop_inner_spool_bytes",
+            "Bytes of scored actions in the disk spool waiting to be replayed to Kafka",
+        )?;
+        let spool_records = IntGauge::new(
+            "rewardloop_inner_spool_records",
+            "Scored actions in the disk spool (or on their way into or out of it) waiting for Kafka",
+        )?;
+        let events_spooled = IntCounter::new(
+            "rewardloop_inner_events_spooled_total",
+            "Scored actions written to the disk spool because Kafka was slow or down",
+        )?;
+        let events_replayed = IntCounter::new(
+            "rewardloop_inner_events_replayed_total",
+            "Scored actions read back from the disk spool and handed to Kafka",
+        )?;
+        let spool_errors = IntCounter::new(
+            "rewardloop_inner_spool_errors_total",
+            "Disk spool errors (full, write or read failures)",
+        )?;
+        let kafka_in_flight = IntGauge::new(
+            "rewardloop_inner_kafka_in_flight",
+            "Scored actions handed to the Kafka producer and not yet acknowledged",
         )?;
         let weights_version = IntGaugeVec::new(
             Opts::new(
@@ -98,6 +128,12 @@ impl Metrics {
             Box::new(events_failed.clone()),
             Box::new(events_dropped.clone()),
             Box::new(queue_depth.clone()),
+            Box::new(spool_bytes.clone()),
+            Box::new(spool_records.clone()),
+            Box::new(events_spooled.clone()),
+            Box::new(events_replayed.clone()),
+            Box::new(spool_errors.clone()),
+            Box::new(kafka_in_flight.clone()),
             Box::new(weights_version.clone()),
             Box::new(weights_reload_errors.clone()),
             Box::new(build_info.clone()),
@@ -116,6 +152,12 @@ impl Metrics {
             events_failed,
             events_dropped,
             queue_depth,
+            spool_bytes,
+            spool_records,
+            events_spooled,
+            events_replayed,
+            spool_errors,
+            kafka_in_flight,
             weights_version,
             weights_reload_errors,
             build_info,
@@ -204,6 +246,12 @@ mod tests {
             "rewardloop_inner_events_failed_total 0",
             "rewardloop_inner_events_dropped_total 0",
             "rewardloop_inner_queue_depth 0",
+            "rewardloop_inner_spool_bytes 0",
+            "rewardloop_inner_spool_records 0",
+            "rewardloop_inner_events_spooled_total 0",
+            "rewardloop_inner_events_replayed_total 0",
+            "rewardloop_inner_spool_errors_total 0",
+            "rewardloop_inner_kafka_in_flight 0",
             "rewardloop_inner_weights_version{segment=\"default\"} 3",
             "rewardloop_inner_weights_reload_errors_total 0",
             "rewardloop_inner_build_info{version=",

@@ -7,7 +7,7 @@ use crate::pb::{
     ScoreActionResponse, ScoreSlateRequest, ScoreSlateResponse,
 };
 use crate::scoring::{self, normalize_segment, FieldViolation, Signals};
-use crate::telemetry::{RewardRecord, TelemetryQueue};
+use crate::telemetry::{EnqueueError, Reservation, RewardRecord, TelemetryQueue};
 use crate::weights::WeightsStore;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +18,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 #[derive(Clone)]
 pub struct InnerRewardService {
     store: Arc<WeightsStore>,
-    queue: TelemetryQueue,
+    /// None: telemetry off.
+    queue: Option<TelemetryQueue>,
     metrics: Arc<Metrics>,
     max_slate: usize,
 }
@@ -26,7 +27,7 @@ pub struct InnerRewardService {
 impl InnerRewardService {
     pub fn new(
         store: Arc<WeightsStore>,
-        queue: TelemetryQueue,
+        queue: Option<TelemetryQueue>,
         metrics: Arc<Metrics>,
         max_slate: usize,
     ) -> Self {
@@ -38,8 +39,8 @@ impl InnerRewardService {
         }
     }
 
-    /// Scores one validated feedback and queues its record.
-    fn score_one(&self, f: Feedback) -> Reward {
+    /// Scores one validated feedback; `sink` receives its telemetry record (None: telemetry off).
+    fn score_one(&self, f: Feedback, sink: Option<&mut Reservation<'_>>) -> Reward {
         let segment = normalize_segment(&f.segment).to_owned();
         let doc = self.store.get(&segment);
         let s = scoring::score(Signals::from(&f), &doc.weights);
@@ -56,9 +57,24 @@ impl InnerRewardService {
             weights_version: doc.version,
             segment: doc.segment.clone(),
         };
-        self.queue
-            .enqueue(RewardRecord::new(f, segment, &s, doc.version));
+        if let Some(r) = sink {
+            // Room was reserved for every feedback of the call, so this cannot be refused.
+            let _ = r.push(RewardRecord::new(f, segment, &s, doc.version));
+        }
         reward
+    }
+
+    /// Reserves telemetry room for `n` records (Ok(None) when telemetry is off).
+    fn reserve(&self, n: usize) -> Result<Option<Reservation<'_>>, Status> {
+        match &self.queue {
+            None => Ok(None),
+            Some(q) => q.reserve(n).map(Some).map_err(|e| match e {
+                EnqueueError::Full => Status::unavailable(
+                    "scorer overloaded: telemetry queue full (Kafka and the disk spool are not keeping up); retry with backoff",
+                ),
+                EnqueueError::Closed => Status::unavailable("scorer shutting down; retry on another instance"),
+            }),
+        }
     }
 
     fn finish<T>(
@@ -102,9 +118,11 @@ impl InnerReward for InnerRewardService {
             ))),
             Some(f) => match scoring::validate_feedback("feedback", &f) {
                 Err(v) => Err(invalid_argument(&v)),
-                Ok(()) => Ok(Response::new(ScoreActionResponse {
-                    reward: Some(self.score_one(f)),
-                })),
+                Ok(()) => self.reserve(1).map(|mut sink| {
+                    Response::new(ScoreActionResponse {
+                        reward: Some(self.score_one(f, sink.as_mut())),
+                    })
+                }),
             },
         };
         self.finish("ScoreAction", started, result)
@@ -118,9 +136,14 @@ impl InnerReward for InnerRewardService {
         let feedbacks = request.into_inner().feedbacks;
         let result = match scoring::validate_slate(&feedbacks, self.max_slate) {
             Err(v) => Err(invalid_argument(&v)),
-            Ok(()) => Ok(Response::new(ScoreSlateResponse {
-                rewards: feedbacks.into_iter().map(|f| self.score_one(f)).collect(),
-            })),
+            Ok(()) => self.reserve(feedbacks.len()).map(|mut sink| {
+                Response::new(ScoreSlateResponse {
+                    rewards: feedbacks
+                        .into_iter()
+                        .map(|f| self.score_one(f, sink.as_mut()))
+                        .collect(),
+                })
+            }),
         };
         self.finish("ScoreSlate", started, result)
     }

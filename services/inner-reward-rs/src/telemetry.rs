@@ -1,28 +1,41 @@
-//! Scored actions -> `recsys.reward.raw`.
+//! Scored actions -> `recsys.reward.raw`, without losing what was accepted.
 //!
-//! gRPC handlers call [`TelemetryQueue::enqueue`], a non-blocking `try_send` into a bounded
-//! mpsc queue; they never wait on Kafka. One task drains the queue into an rdkafka
-//! `ThreadedProducer` whose delivery callback counts published and failed records.
+//! gRPC handlers reserve room in a bounded lock-free ring ([`TelemetryQueue`], a crossbeam
+//! `ArrayQueue` plus an atomic reservation counter) and push records; they never wait, never
+//! take a lock, never make a syscall for telemetry. When the ring is full the call is refused
+//! (`UNAVAILABLE`), so everything a caller saw accepted is in the ring.
+//!
+//! One dedicated OS thread (the worker, not a tokio task) pops batches, serializes them and hands
+//! them to an rdkafka `ThreadedProducer` (`message.timeout.ms=0`: librdkafka retries until the
+//! broker is back). When Kafka is slow or down (more than `max_in_flight` records unacknowledged,
+//! librdkafka's queue full, or no acknowledgement for [`KAFKA_STALL`] while records are in
+//! flight) the worker appends to the disk [`Spool`] instead; once anything is spooled every newer
+//! record goes to the spool too, and the spool is replayed oldest first while Kafka keeps up, so
+//! per-key order is kept. Delivery failures come back through the delivery callback and are
+//! spooled again. At shutdown the worker drains the ring, replays the spool and flushes for at
+//! most the flush timeout, then purges librdkafka and writes what it gave back in front of the
+//! spool, which the next start replays.
 
 use crate::metrics::Metrics;
 use crate::pb::Feedback;
 use crate::scoring::{Parts, Score};
+use crate::spool::{Frame, Spool, SpoolError};
+use crossbeam_queue::{ArrayQueue, SegQueue};
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::ClientContext;
 use serde::Serialize;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
-
-/// Most records taken off the queue per wake-up.
-const BATCH: usize = 512;
 
 /// One `recsys.reward.raw` record (field order as in `docs/architecture.md`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -87,6 +100,10 @@ pub fn now_ms() -> i64 {
 pub enum TelemetryError {
     #[error("creating kafka producer: {0}")]
     Producer(#[from] KafkaError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("starting the telemetry thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Lets through at most one log line per `every_s` seconds for a noisy condition, and counts
@@ -124,63 +141,185 @@ impl LogLimiter {
     }
 }
 
-/// The handlers' side of the queue. Cheap to clone.
+/// Why a record could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum EnqueueError {
+    #[error("telemetry queue full (Kafka and the disk spool are not keeping up)")]
+    Full,
+    #[error("telemetry queue closed (shutting down)")]
+    Closed,
+}
+
+struct Ring {
+    q: ArrayQueue<RewardRecord>,
+    /// Records in the ring plus room reserved by handlers that have not pushed yet.
+    used: AtomicUsize,
+    closed: AtomicBool,
+}
+
+/// The handlers' side of the queue. Cheap to clone; lock-free.
 #[derive(Clone)]
 pub struct TelemetryQueue {
-    tx: mpsc::Sender<RewardRecord>,
+    ring: Arc<Ring>,
     metrics: Arc<Metrics>,
     drop_log: Arc<LogLimiter>,
 }
 
-impl TelemetryQueue {
-    /// A queue of `capacity` records and its receiving end.
-    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<RewardRecord>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        (
-            Self {
-                tx,
-                metrics,
-                drop_log: Arc::new(LogLimiter::every(1)),
-            },
-            rx,
-        )
-    }
+/// Room for `n` records in the queue, taken by [`TelemetryQueue::reserve`]. Unused room is given
+/// back on drop.
+pub struct Reservation<'a> {
+    queue: &'a TelemetryQueue,
+    left: usize,
+}
 
-    /// Queues a record without waiting. Returns false (and counts a drop) when the queue is
-    /// full or closed.
-    pub fn enqueue(&self, record: RewardRecord) -> bool {
-        match self.tx.try_send(record) {
-            Ok(()) => {
-                self.metrics.events_enqueued.inc();
-                self.metrics.queue_depth.inc();
-                true
-            }
-            Err(e) => {
-                self.metrics.events_dropped.inc();
-                if let Some(suppressed) = self.drop_log.allow() {
-                    let reason = match e {
-                        mpsc::error::TrySendError::Full(_) => "queue full",
-                        mpsc::error::TrySendError::Closed(_) => "queue closed",
-                    };
-                    tracing::warn!(
-                        reason,
-                        dropped_total = self.metrics.events_dropped.get(),
-                        suppressed,
-                        "dropping scored event (kafka is not keeping up)"
-                    );
-                }
-                false
-            }
+impl Reservation<'_> {
+    /// Pushes one record into reserved room. Refuses (`Full`) if no room is left in this
+    /// reservation, a caller bug; never blocks.
+    pub fn push(&mut self, record: RewardRecord) -> Result<(), EnqueueError> {
+        if self.left == 0 {
+            return Err(EnqueueError::Full);
+        }
+        // Cannot fail: `used` (reserved + queued) never exceeds the ring's capacity.
+        self.queue
+            .ring
+            .q
+            .push(record)
+            .map_err(|_| EnqueueError::Full)?;
+        self.left -= 1;
+        self.queue.metrics.events_enqueued.inc();
+        Ok(())
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.left > 0 {
+            self.queue.ring.used.fetch_sub(self.left, Ordering::SeqCst);
         }
     }
 }
 
-/// Counts delivery reports and tames librdkafka's logging (a broker that is down is reported
-/// several times a second; we log it at most every [`KAFKA_LOG_EVERY_S`] seconds).
+/// The worker's side of the queue.
+pub struct QueueReceiver {
+    ring: Arc<Ring>,
+}
+
+impl QueueReceiver {
+    /// Pops up to `max` records into `out`; returns how many.
+    pub fn pop_batch(&self, max: usize, out: &mut Vec<RewardRecord>) -> usize {
+        let mut n = 0;
+        while n < max {
+            match self.ring.q.pop() {
+                Some(r) => {
+                    out.push(r);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        if n > 0 {
+            self.ring.used.fetch_sub(n, Ordering::SeqCst);
+        }
+        n
+    }
+
+    /// Refuses new reservations from now on.
+    pub fn close(&self) {
+        self.ring.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Records queued or reserved.
+    pub fn len(&self) -> usize {
+        self.ring.used.load(Ordering::SeqCst)
+    }
+
+    /// True when nothing is queued or reserved.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl TelemetryQueue {
+    /// A queue of `capacity` records and its receiving end.
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Self, QueueReceiver) {
+        let ring = Arc::new(Ring {
+            q: ArrayQueue::new(capacity.max(1)),
+            used: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        });
+        (
+            Self {
+                ring: Arc::clone(&ring),
+                metrics,
+                drop_log: Arc::new(LogLimiter::every(1)),
+            },
+            QueueReceiver { ring },
+        )
+    }
+
+    /// Reserves room for `n` records, all or nothing, without waiting. A refusal is counted in
+    /// `rewardloop_inner_events_dropped_total` (n events) and logged (rate-limited).
+    pub fn reserve(&self, n: usize) -> Result<Reservation<'_>, EnqueueError> {
+        let ring = &self.ring;
+        let before = ring.used.fetch_add(n, Ordering::SeqCst);
+        let refused = if ring.closed.load(Ordering::SeqCst) {
+            Some(EnqueueError::Closed)
+        } else if before + n > ring.q.capacity() {
+            Some(EnqueueError::Full)
+        } else {
+            None
+        };
+        match refused {
+            None => Ok(Reservation {
+                queue: self,
+                left: n,
+            }),
+            Some(e) => {
+                ring.used.fetch_sub(n, Ordering::SeqCst);
+                self.metrics.events_dropped.inc_by(n as u64);
+                if let Some(suppressed) = self.drop_log.allow() {
+                    tracing::warn!(
+                        reason = %e,
+                        refused_total = self.metrics.events_dropped.get(),
+                        suppressed,
+                        "refusing scored events: telemetry queue cannot take them"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Queues one record without waiting.
+    pub fn enqueue(&self, record: RewardRecord) -> Result<(), EnqueueError> {
+        self.reserve(1)?.push(record)
+    }
+
+    /// Records queued or reserved.
+    pub fn len(&self) -> usize {
+        self.ring.used.load(Ordering::Relaxed)
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// No delivery acknowledgement for this long while records are in flight = Kafka is down.
+pub const KAFKA_STALL: Duration = Duration::from_secs(2);
+
+/// Counts delivery reports, hands failed records back to the worker, and tames librdkafka's
+/// logging (a broker that is down is reported several times a second; we log it at most every
+/// [`KAFKA_LOG_EVERY_S`] seconds).
 pub struct DeliveryCounter {
     metrics: Arc<Metrics>,
     delivery_log: LogLimiter,
     client_log: LogLimiter,
+    /// Failed deliveries (key, payload), in report order, for the worker to spool.
+    rescued: Arc<SegQueue<Frame>>,
+    /// Wall-clock ms of the last acknowledgement.
+    last_ack_ms: Arc<AtomicI64>,
 }
 
 /// Least interval between two librdkafka warnings in the log.
@@ -219,11 +358,26 @@ impl ProducerContext for DeliveryCounter {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
         match result {
-            Ok(_) => self.metrics.events_published.inc(),
-            Err((e, _)) => {
+            Ok(_) => {
+                self.metrics.events_published.inc();
+                self.last_ack_ms.store(now_ms(), Ordering::Relaxed);
+            }
+            Err((e, msg)) => {
                 self.metrics.events_failed.inc();
-                if let Some(suppressed) = self.delivery_log.allow() {
-                    tracing::warn!(error = %e, suppressed, failed_total = self.metrics.events_failed.get(), "kafka delivery failed");
+                self.rescued.push((
+                    msg.key().unwrap_or_default().to_vec(),
+                    msg.payload().unwrap_or_default().to_vec(),
+                ));
+                let purged = matches!(
+                    e,
+                    KafkaError::MessageProduction(
+                        RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight
+                    )
+                );
+                if !purged {
+                    if let Some(suppressed) = self.delivery_log.allow() {
+                        tracing::warn!(error = %e, suppressed, failed_total = self.metrics.events_failed.get(), "kafka delivery failed; the record goes back to the spool");
+                    }
                 }
             }
         }
@@ -239,9 +393,26 @@ pub struct KafkaSettings {
     pub flush_timeout: Duration,
 }
 
+/// Where and how much to spool, and when Kafka counts as "not keeping up".
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    /// Records handed to librdkafka and not yet acknowledged above which new records are
+    /// spooled instead.
+    pub max_in_flight: usize,
+    /// Remove the directory at a clean shutdown when it is empty (throw-away default dirs).
+    pub remove_when_empty: bool,
+}
+
 type Producer_ = ThreadedProducer<DeliveryCounter>;
 
-fn producer(settings: &KafkaSettings, metrics: Arc<Metrics>) -> Result<Producer_, KafkaError> {
+fn producer(
+    settings: &KafkaSettings,
+    max_in_flight: usize,
+    ctx: DeliveryCounter,
+) -> Result<Producer_, KafkaError> {
     ClientConfig::new()
         .set("bootstrap.servers", &settings.bootstrap_servers)
         .set("client.id", "inner-reward-rs")
@@ -249,129 +420,410 @@ fn producer(settings: &KafkaSettings, metrics: Arc<Metrics>) -> Result<Producer_
         .set("enable.idempotence", "true")
         .set("linger.ms", "10")
         .set("compression.type", "lz4")
-        .create_with_context(DeliveryCounter {
-            metrics,
-            delivery_log: LogLimiter::every(1),
-            client_log: LogLimiter::every(KAFKA_LOG_EVERY_S),
-        })
+        // Never give up on a record: outages are bounded by max_in_flight + the spool.
+        .set("message.timeout.ms", "0")
+        .set(
+            "queue.buffering.max.messages",
+            (max_in_flight.saturating_mul(2).clamp(1000, 10_000_000)).to_string(),
+        )
+        .create_with_context(ctx)
 }
 
-/// The running producer task.
+/// Most records taken off the ring or the spool per step.
+const BATCH: usize = 1024;
+
+/// The running worker thread.
 pub struct TelemetryWorker {
-    stop: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl TelemetryWorker {
-    /// Creates the producer and starts draining `rx` into it.
+    /// Opens the spool, creates the producer and starts the worker thread draining `rx`.
     pub fn start(
         settings: KafkaSettings,
-        rx: mpsc::Receiver<RewardRecord>,
+        spool: SpoolSettings,
+        rx: QueueReceiver,
         metrics: Arc<Metrics>,
     ) -> Result<Self, TelemetryError> {
-        let producer = Arc::new(producer(&settings, Arc::clone(&metrics))?);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let handle = tokio::spawn(drain(settings, producer, rx, stop_rx, metrics));
+        let opened = Spool::open(&spool.dir, spool.max_bytes, spool.segment_bytes)?;
+        if !opened.is_empty() {
+            tracing::info!(
+                dir = %spool.dir.display(),
+                records = opened.records(),
+                bytes = opened.bytes(),
+                "spool from a previous run found; replaying it before new events"
+            );
+        }
+        let rescued = Arc::new(SegQueue::new());
+        let last_ack_ms = Arc::new(AtomicI64::new(now_ms()));
+        let producer = producer(
+            &settings,
+            spool.max_in_flight,
+            DeliveryCounter {
+                metrics: Arc::clone(&metrics),
+                delivery_log: LogLimiter::every(1),
+                client_log: LogLimiter::every(KAFKA_LOG_EVERY_S),
+                rescued: Arc::clone(&rescued),
+                last_ack_ms: Arc::clone(&last_ack_ms),
+            },
+        )?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut worker = Worker {
+            topic: settings.topic.clone(),
+            flush_timeout: settings.flush_timeout,
+            producer,
+            rx,
+            spooling: !opened.is_empty(),
+            spool: opened,
+            remove_when_empty: spool.remove_when_empty,
+            rescued,
+            last_ack_ms,
+            pending: VecDeque::new(),
+            unspooled: VecDeque::new(),
+            metrics,
+            max_in_flight: spool.max_in_flight.max(1),
+            spool_log: LogLimiter::every(5),
+        };
+        let thread_stop = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("telemetry".into())
+            .spawn(move || worker.run(&thread_stop))
+            .map_err(TelemetryError::Thread)?;
         Ok(Self {
-            stop: Some(stop_tx),
-            handle,
+            stop,
+            handle: Some(handle),
         })
     }
 
-    /// Stops taking new records, publishes what is queued, flushes the producer (bounded by
-    /// the flush timeout) and waits for the task to end.
+    /// Stops taking new records, publishes what is queued and spooled (bounded by the flush
+    /// timeout), saves the rest to the spool, and waits for the thread to end.
     pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Err(e) = self.handle.await {
-            tracing::error!(error = %e, "telemetry task failed");
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.handle.take() {
+            match tokio::task::spawn_blocking(move || handle.join()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => tracing::error!("telemetry thread panicked"),
+                Err(e) => tracing::error!(error = %e, "joining the telemetry thread failed"),
+            }
         }
     }
 }
 
-async fn drain(
-    settings: KafkaSettings,
-    producer: Arc<Producer_>,
-    mut rx: mpsc::Receiver<RewardRecord>,
-    mut stop: oneshot::Receiver<()>,
+impl Drop for TelemetryWorker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+struct Worker {
+    topic: String,
+    flush_timeout: Duration,
+    producer: Producer_,
+    rx: QueueReceiver,
+    spool: Spool,
+    remove_when_empty: bool,
+    /// True while anything is (or must be) in the spool: new records go behind it.
+    spooling: bool,
+    rescued: Arc<SegQueue<Frame>>,
+    last_ack_ms: Arc<AtomicI64>,
+    /// Read from the spool, not yet accepted by librdkafka (oldest first).
+    pending: VecDeque<Frame>,
+    /// Newer than everything spooled, waiting for room in the spool.
+    unspooled: VecDeque<Frame>,
     metrics: Arc<Metrics>,
-) {
-    let mut buf = Vec::with_capacity(BATCH);
-    loop {
-        tokio::select! {
-            biased;
-            n = rx.recv_many(&mut buf, BATCH) => {
-                if n == 0 {
-                    break; // every sender is gone
-                }
-                publish(&settings.topic, &producer, &mut buf, &metrics).await;
-            }
-            _ = &mut stop => break,
-        }
-    }
-    // Shutdown: refuse new records, then publish everything already queued.
-    rx.close();
-    while rx.recv_many(&mut buf, BATCH).await > 0 {
-        publish(&settings.topic, &producer, &mut buf, &metrics).await;
-    }
-    let timeout = settings.flush_timeout;
-    let flushed = tokio::task::spawn_blocking(move || {
-        let result = producer.flush(timeout);
-        let left = producer.in_flight_count();
-        // Dropping the producer purges what is left; those deliveries count as failed.
-        drop(producer);
-        (result, left)
-    })
-    .await;
-    match flushed {
-        Ok((Ok(()), _)) => tracing::info!(
-            published_total = metrics.events_published.get(),
-            "kafka producer flushed"
-        ),
-        Ok((Err(e), left)) => tracing::warn!(
-            error = %e,
-            undelivered = left,
-            "kafka flush did not finish within {timeout:?}; undelivered events counted as failed"
-        ),
-        Err(e) => tracing::error!(error = %e, "kafka flush task failed"),
-    }
+    max_in_flight: usize,
+    spool_log: LogLimiter,
 }
 
-/// Hands a batch to librdkafka. Its own queue being full means Kafka is slow: wait briefly
-/// and retry (back-pressure lands on our bounded queue, which then drops and counts).
-async fn publish(
-    topic: &str,
-    producer: &Producer_,
-    buf: &mut Vec<RewardRecord>,
-    metrics: &Metrics,
-) {
-    for record in buf.drain(..) {
-        metrics.queue_depth.dec();
-        let payload = match serde_json::to_vec(&record) {
-            Ok(p) => p,
-            Err(e) => {
-                metrics.events_failed.inc();
-                tracing::error!(error = %e, event_id = %record.event_id, "serializing reward record failed");
-                continue;
+enum Sent {
+    Ok,
+    /// librdkafka's queue is full: the frame comes back.
+    Full(Frame),
+}
+
+impl Worker {
+    fn in_flight(&self) -> usize {
+        usize::try_from(self.producer.in_flight_count()).unwrap_or(0)
+    }
+
+    /// No acknowledgement for [`KAFKA_STALL`] while records were continuously in flight.
+    fn kafka_stalled(&self, in_flight: usize) -> bool {
+        if in_flight == 0 {
+            self.last_ack_ms.store(now_ms(), Ordering::Relaxed);
+            return false;
+        }
+        now_ms() - self.last_ack_ms.load(Ordering::Relaxed)
+            > i64::try_from(KAFKA_STALL.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Room in librdkafka for this many more records now.
+    fn kafka_room(&self) -> usize {
+        let in_flight = self.in_flight();
+        if self.kafka_stalled(in_flight) {
+            0
+        } else {
+            self.max_in_flight.saturating_sub(in_flight)
+        }
+    }
+
+    fn send(&self, frame: Frame) -> Sent {
+        let (key, payload) = frame;
+        let r = self.producer.send(
+            BaseRecord::<[u8], [u8]>::to(&self.topic)
+                .key(key.as_slice())
+                .payload(payload.as_slice()),
+        );
+        match r {
+            Ok(()) => Sent::Ok,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Sent::Full((key, payload))
             }
-        };
-        let mut attempt = BaseRecord::to(topic)
-            .key(record.user_id.as_bytes())
-            .payload(payload.as_slice());
-        loop {
-            match producer.send(attempt) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    attempt = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+            Err((e, _)) => {
+                // Not retryable by librdkafka (e.g. an unknown topic): keep it, retry later.
+                self.metrics.events_failed.inc();
+                if let Some(suppressed) = self.spool_log.allow() {
+                    tracing::warn!(error = %e, suppressed, "kafka refused a record; spooling it");
                 }
-                Err((e, _)) => {
-                    metrics.events_failed.inc();
-                    tracing::warn!(error = %e, event_id = %record.event_id, "kafka refused record");
+                Sent::Full((key, payload))
+            }
+        }
+    }
+
+    /// Puts a record behind everything spooled.
+    fn spill(&mut self, frame: Frame) {
+        self.spooling = true;
+        self.unspooled.push_back(frame);
+    }
+
+    /// Moves `unspooled` into the spool while it has room.
+    fn spool_unspooled(&mut self) {
+        let mut wrote = 0u64;
+        while let Some((k, p)) = self.unspooled.front() {
+            match self.spool.append(k, p) {
+                Ok(()) => {
+                    self.unspooled.pop_front();
+                    wrote += 1;
+                }
+                Err(e) => {
+                    if let Some(suppressed) = self.spool_log.allow() {
+                        tracing::warn!(error = %e, suppressed, waiting = self.unspooled.len(), "cannot spool; holding records in memory (new calls are refused once the queue is full)");
+                    }
+                    self.metrics.spool_errors.inc();
                     break;
                 }
             }
+        }
+        if wrote > 0 {
+            self.metrics.events_spooled.inc_by(wrote);
+            if let Err(e) = self.spool.flush() {
+                self.metrics.spool_errors.inc();
+                tracing::warn!(error = %e, "flushing the spool failed");
+            }
+        }
+    }
+
+    /// Feeds spooled records to Kafka while it keeps up. Returns how many were handed over.
+    fn replay(&mut self) -> usize {
+        let mut room = self.kafka_room();
+        let mut n = 0;
+        while room > 0 {
+            if self.pending.is_empty() {
+                match self.spool.read(BATCH.min(room), &mut self.pending) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.metrics.spool_errors.inc();
+                        if let Some(suppressed) = self.spool_log.allow() {
+                            tracing::error!(error = %e, suppressed, "reading the spool failed");
+                        }
+                        break;
+                    }
+                }
+            }
+            let Some(frame) = self.pending.pop_front() else {
+                break;
+            };
+            match self.send(frame) {
+                Sent::Ok => {
+                    n += 1;
+                    room -= 1;
+                }
+                Sent::Full(frame) => {
+                    self.pending.push_front(frame);
+                    break;
+                }
+            }
+        }
+        if n > 0 {
+            self.metrics.events_replayed.inc_by(n as u64);
+        }
+        n
+    }
+
+    fn update_gauges(&self) {
+        let depth = i64::try_from(self.rx.len()).unwrap_or(i64::MAX);
+        self.metrics.queue_depth.set(depth);
+        let waiting = self.pending.len() + self.unspooled.len();
+        self.metrics
+            .spool_records
+            .set(i64::try_from(self.spool.records() + waiting as u64).unwrap_or(i64::MAX));
+        self.metrics
+            .spool_bytes
+            .set(i64::try_from(self.spool.bytes()).unwrap_or(i64::MAX));
+        self.metrics
+            .kafka_in_flight
+            .set(i64::try_from(self.in_flight()).unwrap_or(i64::MAX));
+    }
+
+    /// One step: rescued records, the ring, the spool. Returns the amount of work done.
+    fn step(&mut self, buf: &mut Vec<RewardRecord>) -> usize {
+        let mut work = 0;
+        while let Some(frame) = self.rescued.pop() {
+            self.spill(frame);
+            work += 1;
+        }
+        // Do not take more from the ring while records wait for spool room: the ring then
+        // fills up and calls are refused, instead of memory growing.
+        if self.unspooled.len() < BATCH {
+            let n = self.rx.pop_batch(BATCH, buf);
+            work += n;
+            let mut room = if self.spooling { 0 } else { self.kafka_room() };
+            for record in buf.drain(..) {
+                let payload = match serde_json::to_vec(&record) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Unreachable for this plain struct; never silently lost.
+                        self.metrics.events_failed.inc();
+                        tracing::error!(error = %e, event_id = %record.event_id, "serializing reward record failed");
+                        continue;
+                    }
+                };
+                let frame = (record.user_id.into_bytes(), payload);
+                if !self.spooling && room > 0 {
+                    match self.send(frame) {
+                        Sent::Ok => room -= 1,
+                        Sent::Full(frame) => self.spill(frame),
+                    }
+                } else {
+                    if !self.spooling {
+                        tracing::info!(
+                            in_flight = self.in_flight(),
+                            "kafka is not keeping up; spooling events to disk"
+                        );
+                    }
+                    self.spill(frame);
+                }
+            }
+        }
+        if !self.unspooled.is_empty() {
+            self.spool_unspooled();
+        }
+        if self.spooling {
+            work += self.replay();
+            if self.spool.is_empty() && self.pending.is_empty() && self.unspooled.is_empty() {
+                self.spooling = false;
+                tracing::info!(
+                    replayed_total = self.metrics.events_replayed.get(),
+                    "spool replayed; publishing directly again"
+                );
+            }
+        }
+        work
+    }
+
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut buf = Vec::with_capacity(BATCH);
+        let mut ticks = 0u32;
+        loop {
+            let stopping = stop.load(Ordering::SeqCst);
+            if stopping {
+                self.rx.close();
+            }
+            let work = self.step(&mut buf);
+            ticks = ticks.wrapping_add(1);
+            if work == 0 || ticks.is_multiple_of(64) {
+                self.update_gauges();
+            }
+            if stopping && self.rx.is_empty() {
+                break;
+            }
+            if work == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.finish();
+    }
+
+    /// Shutdown after the ring is drained: replay and flush until the deadline, then give back
+    /// to the spool what Kafka has not acknowledged, and close it.
+    fn finish(&mut self) {
+        let deadline = std::time::Instant::now() + self.flush_timeout;
+        let mut buf = Vec::new();
+        loop {
+            let work = self.step(&mut buf);
+            let done = !self.spooling && self.in_flight() == 0 && self.rescued.is_empty();
+            if done || std::time::Instant::now() >= deadline {
+                break;
+            }
+            if work == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let in_flight = self.in_flight();
+        if in_flight > 0 {
+            tracing::warn!(
+                in_flight,
+                "kafka did not acknowledge everything within {:?}; returning unacknowledged events to the spool",
+                self.flush_timeout
+            );
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
+            let _ = self.producer.flush(Duration::from_secs(2));
+        }
+        // Order: unacknowledged (oldest), read-but-unsent, rest of the spool, unspooled.
+        let mut front: Vec<Frame> = Vec::new();
+        while let Some(f) = self.rescued.pop() {
+            front.push(f);
+        }
+        front.extend(self.pending.drain(..));
+        let mut saved = 0usize;
+        if let Err(e) = self.spool.prepend(&front) {
+            tracing::error!(error = %e, records = front.len(), "writing unacknowledged events to the spool failed; they are lost");
+        } else {
+            saved += front.len();
+        }
+        self.spool.unbounded();
+        let left = self.unspooled.len();
+        self.spool_unspooled();
+        saved += left - self.unspooled.len();
+        if !self.unspooled.is_empty() {
+            tracing::error!(
+                records = self.unspooled.len(),
+                "events could not be written to the spool; they are lost"
+            );
+        }
+        self.update_gauges();
+        let left_in_spool = self.spool.records();
+        let dir = self.spool.dir().to_path_buf();
+        if let Err(e) = self.spool.close() {
+            tracing::error!(error = %e, "closing the spool failed");
+        }
+        if left_in_spool == 0 {
+            if self.remove_when_empty {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            tracing::info!(
+                published_total = self.metrics.events_published.get(),
+                "telemetry drained: everything acknowledged by kafka"
+            );
+        } else {
+            tracing::warn!(
+                spool = %dir.display(),
+                records = left_in_spool,
+                returned = saved,
+                "telemetry stopped with events in the spool; the next start replays them"
+            );
         }
     }
 }
@@ -454,41 +906,122 @@ mod tests {
     }
 
     #[test]
-    fn full_queue_drops_and_counts() {
+    fn full_queue_refuses_and_counts() {
         let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let (q, mut rx) = TelemetryQueue::new(2, Arc::clone(&metrics));
-        assert!(q.enqueue(record()));
-        assert!(q.enqueue(record()));
-        assert!(!q.enqueue(record()));
-        assert_eq!(metrics.events_enqueued.get(), 2);
-        assert_eq!(metrics.events_dropped.get(), 1);
-        assert_eq!(metrics.queue_depth.get(), 2);
+        let (q, rx) = TelemetryQueue::new(3, Arc::clone(&metrics));
+        assert_eq!(q.enqueue(record()), Ok(()));
+        assert_eq!(q.enqueue(record()), Ok(()));
+        // all or nothing: 2 do not fit into the 1 left
+        assert_eq!(q.reserve(2).err(), Some(EnqueueError::Full));
+        {
+            let mut r = q.reserve(1).expect("room for one");
+            assert_eq!(
+                q.enqueue(record()),
+                Err(EnqueueError::Full),
+                "reserved room is taken"
+            );
+            assert!(r.push(record()).is_ok());
+            assert!(r.push(record()).is_err(), "only what was reserved");
+        }
+        assert_eq!(metrics.events_enqueued.get(), 3);
+        assert_eq!(metrics.events_dropped.get(), 3);
+        assert_eq!(rx.len(), 3);
+        let mut buf = Vec::new();
+        assert_eq!(rx.pop_batch(10, &mut buf), 3);
+        assert!(rx.is_empty());
+        drop(q.reserve(2).expect("room again")); // unused room is given back
+        assert!(rx.is_empty());
         rx.close();
-        assert!(!q.enqueue(record()));
-        assert_eq!(metrics.events_dropped.get(), 2);
+        assert_eq!(q.enqueue(record()), Err(EnqueueError::Closed));
+        assert_eq!(metrics.events_dropped.get(), 4);
     }
 
-    #[tokio::test]
-    async fn worker_drains_and_stops_without_kafka() {
-        let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let (q, rx) = TelemetryQueue::new(16, Arc::clone(&metrics));
-        let settings = KafkaSettings {
+    fn spool_settings(dir: &std::path::Path) -> SpoolSettings {
+        SpoolSettings {
+            dir: dir.to_path_buf(),
+            max_bytes: 1 << 30,
+            segment_bytes: 1 << 20,
+            max_in_flight: 1000,
+            remove_when_empty: false,
+        }
+    }
+
+    fn kafka_down() -> KafkaSettings {
+        KafkaSettings {
             // Nothing listens on port 1: deliveries cannot succeed.
             bootstrap_servers: "127.0.0.1:1".into(),
             topic: "recsys.reward.raw".into(),
-            flush_timeout: Duration::from_millis(200),
-        };
-        let worker = TelemetryWorker::start(settings, rx, Arc::clone(&metrics)).expect("producer");
-        for _ in 0..3 {
-            assert!(q.enqueue(record()));
+            flush_timeout: Duration::from_millis(300),
+        }
+    }
+
+    fn spooled_event_ids(dir: &std::path::Path) -> Vec<String> {
+        let mut s = Spool::open(dir, 1 << 30, 1 << 20).expect("reopen spool");
+        let mut out = VecDeque::new();
+        while s.read(100, &mut out).expect("read") > 0 {}
+        out.into_iter()
+            .map(|(_, p)| {
+                let v: serde_json::Value = serde_json::from_slice(&p).expect("json");
+                v["event_id"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect()
+    }
+
+    fn numbered(i: usize) -> RewardRecord {
+        let mut r = record();
+        r.event_id = format!("e-{i}");
+        r
+    }
+
+    #[tokio::test]
+    async fn without_kafka_shutdown_leaves_everything_in_the_spool_in_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let (q, rx) = TelemetryQueue::new(16, Arc::clone(&metrics));
+        let worker = TelemetryWorker::start(
+            kafka_down(),
+            spool_settings(dir.path()),
+            rx,
+            Arc::clone(&metrics),
+        )
+        .expect("producer");
+        for i in 0..3 {
+            assert_eq!(q.enqueue(numbered(i)), Ok(()));
         }
         tokio::time::timeout(Duration::from_secs(10), worker.shutdown())
             .await
             .expect("shutdown is bounded");
         assert_eq!(metrics.queue_depth.get(), 0);
         assert_eq!(metrics.events_published.get(), 0);
-        // Purged on drop: every queued record is reported as failed.
-        assert_eq!(metrics.events_failed.get(), 3);
-        assert!(!q.enqueue(record()), "closed after shutdown");
+        assert_eq!(metrics.spool_records.get(), 3);
+        assert_eq!(q.enqueue(record()), Err(EnqueueError::Closed));
+        assert_eq!(spooled_event_ids(dir.path()), ["e-0", "e-1", "e-2"]);
+    }
+
+    #[tokio::test]
+    async fn stalled_kafka_overflows_to_the_spool_and_a_restart_keeps_the_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let (q, rx) = TelemetryQueue::new(64, Arc::clone(&metrics));
+        let mut settings = spool_settings(dir.path());
+        settings.max_in_flight = 5; // the 6th record onwards overflows to disk
+        let worker = TelemetryWorker::start(kafka_down(), settings, rx, Arc::clone(&metrics))
+            .expect("producer");
+        for i in 0..50 {
+            assert_eq!(q.enqueue(numbered(i)), Ok(()));
+        }
+        let spooled = async {
+            while metrics.events_spooled.get() < 45 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), spooled)
+            .await
+            .expect("overflow is spooled");
+        tokio::time::timeout(Duration::from_secs(10), worker.shutdown())
+            .await
+            .expect("shutdown is bounded");
+        let expected: Vec<String> = (0..50).map(|i| format!("e-{i}")).collect();
+        assert_eq!(spooled_event_ids(dir.path()), expected);
     }
 }

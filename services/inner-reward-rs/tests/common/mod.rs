@@ -30,6 +30,11 @@ impl TestServer {
     /// Starts the real server on 127.0.0.1:0; Kafka always points at a closed port.
     pub async fn start(redis_url: &str, extra: &[&str]) -> Self {
         let kafka = format!("127.0.0.1:{}", closed_port());
+        Self::start_with_kafka(&kafka, redis_url, extra).await
+    }
+
+    /// Starts the real server on 127.0.0.1:0 with the given Kafka bootstrap servers.
+    pub async fn start_with_kafka(kafka: &str, redis_url: &str, extra: &[&str]) -> Self {
         let mut args = vec![
             "inner-reward-rs",
             "--grpc-addr",
@@ -37,12 +42,13 @@ impl TestServer {
             "--metrics-addr",
             "127.0.0.1:0",
             "--kafka-bootstrap-servers",
-            &kafka,
+            kafka,
             "--redis-url",
             redis_url,
-            "--shutdown-flush-seconds",
-            "1",
         ];
+        if !extra.contains(&"--shutdown-flush-seconds") {
+            args.extend_from_slice(&["--shutdown-flush-seconds", "1"]);
+        }
         args.extend_from_slice(extra);
         let config = Config::try_parse_from(args).expect("config");
         let app = App::bind(config).await.expect("bind");
@@ -106,14 +112,19 @@ impl TestServer {
     }
 
     /// Sends the shutdown signal and waits (bounded) for a clean exit.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_within(Duration::from_secs(15)).await;
+    }
+
+    /// Sends the shutdown signal and waits at most `limit` for a clean exit.
+    pub async fn stop_within(mut self, limit: Duration) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         let handle = self.handle.take().expect("running");
-        let result = tokio::time::timeout(Duration::from_secs(15), handle)
+        let result = tokio::time::timeout(limit, handle)
             .await
-            .expect("server stops within 15s")
+            .expect("server stops in time")
             .expect("server task");
         result.expect("server exits cleanly");
     }
