@@ -41,10 +41,11 @@ run: install start ## install, start, drive a simulated workload for DURATION se
 	echo; echo "The stack is still running (logs in .run/local/logs). Stop it with: make stop"; \
 	exit $$rc
 
-test: install ## install, then unit tests and e2e tests; exits with the tests' code
+test: install ## install, then unit, e2e and ops tests; exits with the tests' code
 	@rc=0; \
 	$(MAKE) --no-print-directory test-unit || rc=$$?; \
 	$(MAKE) --no-print-directory test-e2e || { r=$$?; [[ $$rc -ne 0 ]] || rc=$$r; }; \
+	$(MAKE) --no-print-directory test-ops || { r=$$?; [[ $$rc -ne 0 ]] || rc=$$r; }; \
 	if [[ $$rc -eq 0 ]]; then echo "make test: all passed"; else echo "make test: FAILED (exit $$rc)"; fi; \
 	exit $$rc
 
@@ -71,6 +72,7 @@ compose-config: ## validate docker-compose.yml (no Docker engine needed)
 clean: ## stop the native stacks and remove .run/ (state, logs, Kafka jars) and generated proto stubs
 	-@deploy/local/stop.sh
 	-@RUN_DIR=$(E2E_RUN_DIR) deploy/local/stop.sh
+	-@RUN_DIR=$(CURDIR)/.run/ops deploy/local/stop.sh
 	rm -rf .run libs/common/src/rewardloop_common/proto/gen
 
 .PHONY: bench-scorer
@@ -87,3 +89,19 @@ loadtest: ## Locust pre-rollout gate on the scorer (SCORER_HOST USERS SPAWN_RATE
 	@mkdir -p reports/loadtest
 	$(VENV)/locust -f loadtests/scorer_grpc.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(LOADTEST_DURATION) \
 	  --host $(SCORER_HOST) --p99-budget-ms $(P99_BUDGET_MS) --csv reports/loadtest/scorer --html reports/loadtest/scorer.html
+
+GATEWAY_URL ?= http://127.0.0.1:8000
+GATEWAY_P99_BUDGET_MS ?= 100
+.PHONY: loadtest-gateway
+loadtest-gateway: ## Locust gate on the gateway: KPI events in, weights out (GATEWAY_URL USERS SPAWN_RATE LOADTEST_DURATION GATEWAY_P99_BUDGET_MS)
+	@mkdir -p reports/loadtest
+	$(VENV)/locust -f loadtests/gateway_http.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(LOADTEST_DURATION) \
+	  --host $(GATEWAY_URL) --p99-budget-ms $(GATEWAY_P99_BUDGET_MS) --csv reports/loadtest/gateway --html reports/loadtest/gateway.html
+
+OPS_RUN_DIR := $(CURDIR)/.run/ops
+.PHONY: test-ops
+test-ops: ## ops tests: promtool checks + rule unit tests, dashboard lint, every Grafana panel has data on a real stack (.run/ops, ~1 min)
+	@rc=0; $(VENV)/pytest tests/ops || rc=$$?; \
+	RUN_DIR=$(OPS_RUN_DIR) deploy/local/stop.sh >/dev/null 2>&1 || true; \
+	exit $$rc
+bench-outer: ; $(VENV)/python services/outer-controller/bench/bench_outer.py $(BENCH_OUTER_ARGS) ## outer controller: events/s from real Kafka into durable session state + event-to-state lag P50/P99

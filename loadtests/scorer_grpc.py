@@ -21,6 +21,7 @@ import os
 import random
 import time
 
+import budget  # loadtests/budget.py: the shared --p99-budget-ms gate
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, between, events, task
@@ -30,6 +31,7 @@ from rewardloop_common.proto import inner_reward_pb2_grpc as pb_grpc
 
 # grpcio must cooperate with gevent, which Locust runs on.
 grpc_gevent.init_gevent()
+budget.install("scorer_grpc")
 
 _ids = itertools.count()
 _run = f"{os.getpid()}-{int(time.time())}"
@@ -37,31 +39,7 @@ _run = f"{os.getpid()}-{int(time.time())}"
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser) -> None:
-    parser.add_argument(
-        "--p99-budget-ms",
-        type=float,
-        default=0.0,
-        help="exit non-zero when the overall P99 latency (ms) exceeds this or any call failed (0: off)",
-    )
-    parser.add_argument(
-        "--slate-size", type=int, default=20, help="feedbacks per ScoreSlate call"
-    )
-
-
-@events.quitting.add_listener
-def _enforce_budget(environment, **_kwargs) -> None:
-    budget = environment.parsed_options.p99_budget_ms if environment.parsed_options else 0.0
-    if not budget:
-        return
-    total = environment.stats.total
-    p99 = total.get_response_time_percentile(0.99) or 0.0
-    ok = total.num_requests > 0 and total.num_failures == 0 and p99 <= budget
-    print(
-        f"scorer_grpc: {total.num_requests} calls, {total.num_failures} failures, "
-        f"P99 {p99:.1f} ms (budget {budget} ms): {'PASS' if ok else 'FAIL'}"
-    )
-    if not ok:
-        environment.process_exit_code = 1
+    parser.add_argument("--slate-size", type=int, default=20, help="feedbacks per ScoreSlate call")
 
 
 def _feedback(position: int = 0) -> pb.Feedback:

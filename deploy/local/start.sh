@@ -202,10 +202,14 @@ start_prometheus() {
   local m_host m_port
   m_host="$(addr_host "$INNER_REWARD_METRICS_ADDR")"
   m_port="$(addr_port "$INNER_REWARD_METRICS_ADDR")"
-  # deploy/prometheus/prometheus.yml names the default ports; point it at this stack's
+  # deploy/prometheus/prometheus.yml names the default ports and a 5s interval; point it at this
+  # stack's ports and PROMETHEUS_SCRAPE_INTERVAL
   sed -e "s|127.0.0.1:9464|$m_host:$m_port|g" -e "s|127.0.0.1:8000|127.0.0.1:$GATEWAY_PORT|g" \
     -e "s|127.0.0.1:9102|127.0.0.1:$OUTER_METRICS_PORT|g" -e "s|127.0.0.1:9090|127.0.0.1:$PROMETHEUS_PORT|g" \
+    -e "s|^\(  [a-z_]*_interval:\) 5s|\1 ${PROMETHEUS_SCRAPE_INTERVAL:-5s}|" \
     "$REPO_ROOT/deploy/prometheus/prometheus.yml" >"$pdir/prometheus.yml"
+  # its rule_files are relative to the config file: link the repo's rules next to the rendered copy
+  ln -sfn "$REPO_ROOT/deploy/prometheus/rules" "$pdir/rules"
   launch prometheus prometheus --config.file="$pdir/prometheus.yml" --storage.tsdb.path="$pdir/data" \
     --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" --storage.tsdb.retention.time=2d
 }

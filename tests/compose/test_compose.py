@@ -26,7 +26,7 @@ ENV_DEFAULTS = REPO / "deploy" / "local" / "env.defaults"
 ARCHITECTURE = REPO / "docs" / "architecture.md"
 
 APP_SERVICES = {"inner-reward", "gateway", "outer-controller", "kafka-init"}
-INFRA_SERVICES = {"kafka", "redis", "prometheus"}
+INFRA_SERVICES = {"kafka", "redis", "prometheus", "grafana"}
 ONE_SHOT = {"kafka-init"}
 
 # docs/architecture.md, "Ports and environment": what each service publishes on the host
@@ -37,6 +37,7 @@ EXPECTED_PORTS = {
     "kafka": {9092},
     "redis": {6379},
     "prometheus": {9090},
+    "grafana": {3000},
     "kafka-init": set(),
 }
 

@@ -27,6 +27,11 @@ E2E_ENV = {
     "OUTER_METRICS_PORT": "19102",
     "OUTER_SESSION_GAP_SECONDS": "4",
     "OUTER_UPDATE_BATCH_SESSIONS": "10",
+    # issue #4 guards, sized for a 30-session test world: the correlation rule (30 sessions carry no
+    # exploration data for the DRL-PUT tuner), a push allowed after 10 sessions, shadow mode off
+    "OUTER_TUNER": "correlation",
+    "OUTER_MIN_SESSIONS": "10",
+    "OUTER_SHADOW_MODE": "false",
     "GATEWAY_ADMIN_TOKEN": "e2e-admin-token",
     "REWARDLOOP_ENV": "local",
     "INNER_REWARD_WEIGHTS_POLL_SECONDS": "5",

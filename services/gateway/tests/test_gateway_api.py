@@ -268,3 +268,15 @@ def test_cli_help_and_refuses_without_token(
     monkeypatch.delenv("GATEWAY_ADMIN_TOKEN", raising=False)
     monkeypatch.delenv("REWARDLOOP_ENV", raising=False)
     assert main([]) == 2
+
+
+def test_kpi_priorities_runtime_retarget(client: TestClient, auth: dict[str, str]) -> None:
+    assert client.get("/v1/kpi-priorities").json()["source"] == "default"
+    body = {"priorities": {"revenue": 2.0, "retention": 0.5}, "kappa": 0.6, "reason": "q4 push"}
+    assert client.put("/v1/kpi-priorities", json=body).status_code == 401
+    bad = {"priorities": {"revenue": -1.0}}
+    assert client.put("/v1/kpi-priorities", json=bad, headers=auth).status_code == 422
+    r = client.put("/v1/kpi-priorities", json=body, headers=auth)
+    assert r.status_code == 200, r.text
+    got = client.get("/v1/kpi-priorities").json()
+    assert got["priorities"]["revenue"] == 2.0 and got["kappa"] == 0.6 and got["updated_at_ms"] > 0

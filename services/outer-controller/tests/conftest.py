@@ -21,3 +21,7 @@ def store(redis_server: RedisServer) -> Iterator[WeightsStore]:
     client.flushall()
     yield WeightsStore(client)
     client.close()
+
+
+# real Kafka + Redis for the integration tests (a uniquely named module: conftest names collide)
+from outer_it_stack import kafka_stack  # noqa: E402, F401

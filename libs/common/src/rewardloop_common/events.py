@@ -100,6 +100,9 @@ class SessionStep(_Record):
     reward: FiniteFloat
     weights_version: int = Field(ge=0)
     return_: FiniteFloat = Field(alias="return")
+    #: per-step credit (share of the session advantage); absent in records of older controllers
+    credit: FiniteFloat | None = None
+    request_id: str = ""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
 
@@ -112,8 +115,33 @@ class SessionKpi(_Record):
     event_ids: list[str] = Field(default_factory=list)
 
 
+class SessionBusiness(_Record):
+    """The parts of the blended business reward (outer controller >= 0.2)."""
+
+    revenue: FiniteFloat = 0.0  # ln(1 + revenue)
+    ndcg10: FiniteFloat = 0.0  # mean NDCG@10 of the served slates (logged positions, engagement gains)
+    engagement: FiniteFloat = 0.0  # mean per-step engagement
+    retention: FiniteFloat = 0.0  # 0.5 * return visits + subscriptions
+    priorities: dict[str, FiniteFloat] = Field(default_factory=dict)
+    value: FiniteFloat = 0.0  # clip(sum priority_k * part_k, -5, 5)
+
+
+class SessionTuner(_Record):
+    """The weight tuner's behaviour for this session: the action (one level per group) and its probability."""
+
+    action: list[int]
+    propensity: FiniteFloat
+    explore: bool = False
+    policy_version: int = 0
+
+
 class SessionRecord(_Record):
-    """One closed session on ``recsys.sessions``."""
+    """One closed session on ``recsys.sessions``.
+
+    Since revision support a session may be emitted more than once: ``revision`` 0 when it closes,
+    then 1, 2, ... when late actions or delayed KPI events amend it. Every revision is the complete
+    session; consumers keep the highest ``revision`` per ``session_key``.
+    """
 
     session_key: NonEmptyId
     user_id: NonEmptyId
@@ -128,6 +156,17 @@ class SessionRecord(_Record):
     kpi: SessionKpi
     business_reward: FiniteFloat
     weights_versions: list[int]
+    revision: int = Field(default=0, ge=0)
+    business: SessionBusiness | None = None
+    kappa: FiniteFloat | None = None
+    blended_reward: FiniteFloat | None = (
+        None  # clip((1 - kappa) * discounted_return + kappa * business.value)
+    )
+    baseline: FiniteFloat | None = None  # EMA baseline before this session
+    advantage: FiniteFloat | None = None  # clip(blended_reward - baseline, -5, 5)
+    credit_model: str | None = None  # "discounted" or "gated-attention:v<N>"
+    tuner: SessionTuner | None = None
 
     def to_json_bytes(self) -> bytes:
-        return self.model_dump_json(by_alias=True).encode("utf-8")
+        # exclude_unset: a record round-trips byte-for-byte; fields a producer did not set stay absent
+        return self.model_dump_json(by_alias=True, exclude_unset=True).encode("utf-8")

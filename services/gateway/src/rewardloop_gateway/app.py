@@ -30,6 +30,11 @@ from redis.exceptions import RedisError
 
 from rewardloop_common.events import KpiEvent, KpiEventBase
 from rewardloop_common.kafka import AsyncEventProducer, AsyncProducer, DeliveryError, encode_json
+from rewardloop_common.kpi_priorities import (
+    KPI_PRIORITIES_KEY,
+    KpiPrioritiesDocument,
+    KpiPrioritiesUpdate,
+)
 from rewardloop_common.logging import get_logger
 from rewardloop_common.weights import WeightsDocument
 from rewardloop_common.weights_store import AsyncWeightsStore, InvalidWeightsDocument
@@ -247,6 +252,36 @@ def create_app(
             raise HTTPException(422, detail=str(exc)) from exc
         st.metrics.weights_pushes.inc()
         log.info("weights pushed", segment=doc.segment, version=doc.version, reason=body.reason)
+        return doc
+
+    @app.get(
+        "/v1/kpi-priorities",
+        operation_id="getKpiPriorities",
+        response_model=KpiPrioritiesDocument,
+        tags=["weights"],
+        summary="The business KPI priorities the outer controller blends (defaults when none is stored)",
+    )
+    async def get_kpi_priorities(request: Request) -> KpiPrioritiesDocument:
+        raw = await _state(request).store.client.get(KPI_PRIORITIES_KEY)
+        if raw is None:
+            return KpiPrioritiesDocument(source="default", reason="no document: controller defaults")
+        return KpiPrioritiesDocument.model_validate_json(raw)
+
+    @app.put(
+        "/v1/kpi-priorities",
+        operation_id="putKpiPriorities",
+        response_model=KpiPrioritiesDocument,
+        tags=["weights"],
+        summary="Re-target the business KPI priorities at runtime (admin; bearer token)",
+        dependencies=[Depends(_require_admin)],
+        responses={401: {"description": "missing or invalid bearer token"}},
+    )
+    async def put_kpi_priorities(body: KpiPrioritiesUpdate, request: Request) -> KpiPrioritiesDocument:
+        """Stored in Redis (`rewardloop:kpi-priorities`); the outer controller picks it up within
+        `OUTER_PRIORITIES_REFRESH_S` (2 s) without a restart. Each priority in [0, 10]; kappa in [0, 1]."""
+        doc = KpiPrioritiesDocument(**body.model_dump(), updated_at_ms=int(time.time() * 1000))
+        await _state(request).store.client.set(KPI_PRIORITIES_KEY, doc.stored_json())
+        log.info("KPI priorities set", priorities=doc.priorities.model_dump(), kappa=doc.kappa)
         return doc
 
     @app.get(

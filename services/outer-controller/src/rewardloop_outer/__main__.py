@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -18,7 +19,25 @@ environment variables:
   OUTER_GAMMA                   discount for per-step returns (default 0.99)
   OUTER_CONSUMER_GROUP          Kafka consumer group (default rewardloop-outer-controller)
   OUTER_UPDATE_BATCH_SESSIONS   closed sessions per segment per weight update (default 200)
-  OUTER_LEARNING_RATE / OUTER_MAX_STEP      outer rule step size and per-update cap (default 0.1 / 0.1)
+  OUTER_LEARNING_RATE / OUTER_MAX_STEP      correlation rule step size and per-update cap (0.1 / 0.1)
+  OUTER_STATE_STORE             redis (durable sharded state, default) | memory (the earlier controller)
+  OUTER_CLOCK                   wall (default) | event (per-partition event-time watermark only)
+  OUTER_ALLOWED_LATENESS_SECONDS    late actions routed to their closed session (default 300)
+  OUTER_ATTRIBUTION_WINDOW_SECONDS  delayed KPIs credited to a closed session (default 604800)
+  OUTER_LATE_TOPIC              late/unattributed events (default recsys.sessions.late)
+  OUTER_CHECKPOINT_INTERVAL_MS  state checkpoint cadence (default 100)
+  OUTER_KAPPA_INITIAL / OUTER_KAPPA_FINAL / OUTER_KAPPA_ANNEAL_DAYS / OUTER_KAPPA_ANCHOR_MS
+                                KPI weight of the blend (0.2 -> 0.8 over 30 days from the anchor)
+  OUTER_BASELINE_ALPHA          EMA baseline rate (default 0.05)
+  OUTER_CREDIT_MODEL_DIR        directory of credit-model-v<N>.npz artefacts (default: none)
+  OUTER_KAFKA_SESSION_TIMEOUT_MS    consumer group session timeout (default 45000)
+  OUTER_GROUP_INSTANCE_ID       static group membership id (a restart takes its partitions back at once)
+  OUTER_TUNER                   drlput (default) | correlation
+  OUTER_MIN_SESSIONS            sessions before any push (default 10000)
+  OUTER_SHADOW_MODE             true (default): log would-be weights, never push
+  OUTER_EXPLORE_FRACTION        exploration slice (default 0.005)
+  OUTER_KL_MAX                  KL(new||old) above this rolls back (default 0.3)
+  OUTER_TUNER_LEVELS / OUTER_TUNER_LR / OUTER_TUNER_PER_SEGMENT   (10 / 0.5 / true)
   KAFKA_BOOTSTRAP_SERVERS       default 127.0.0.1:9092
   KAFKA_TOPIC_REWARD_RAW / KAFKA_TOPIC_KPI_RAW / KAFKA_TOPIC_SESSIONS
                                 default recsys.reward.raw / recsys.kpi.raw / recsys.sessions
@@ -27,7 +46,7 @@ environment variables:
 
 Consumes recsys.reward.raw + recsys.kpi.raw, closes per-user sessions, produces recsys.sessions and
 updates the inner-reward weights in Redis with the bounded outer rule (see the service README).
-SIGTERM/SIGINT: flush, commit what is safe, exit (open sessions are rebuilt from Kafka next run).
+SIGTERM/SIGINT: checkpoint, flush, exit (state is in Redis; kill -9 replays from the checkpoint).
 """
 
 
@@ -47,8 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rewardloop_common.weights_store import WeightsStore
 
     from .controller import OuterController
+    from .engine import DurableController, make_tuner
     from .metrics import OuterMetrics
     from .settings import OuterSettings
+    from .state_store import RedisStateStore
 
     try:
         settings = OuterSettings()
@@ -63,12 +84,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         start_http_server(
             settings.outer_metrics_port, addr=settings.outer_metrics_host, registry=metrics.registry
         )
+    overrides: dict[str, Any] = {"session.timeout.ms": settings.outer_kafka_session_timeout_ms}
+    if settings.outer_group_instance_id:
+        overrides["group.instance.id"] = settings.outer_group_instance_id  # static membership
     consumer = make_consumer(
-        settings.kafka_bootstrap_servers, settings.outer_consumer_group, client_id="rewardloop-outer"
+        settings.kafka_bootstrap_servers,
+        settings.outer_consumer_group,
+        client_id="rewardloop-outer",
+        **overrides,
     )
     producer = make_producer(settings.kafka_bootstrap_servers, client_id="rewardloop-outer")
     store = WeightsStore.from_url(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
-    controller = OuterController(settings, consumer, producer, store, metrics)
+    controller: OuterController | DurableController
+    if settings.outer_state_store == "memory":
+        controller = OuterController(settings, consumer, producer, store, metrics)
+    else:
+        controller = DurableController(
+            settings,
+            consumer,
+            producer,
+            RedisStateStore(store.client, settings.outer_consumer_group),
+            make_tuner(settings, store, metrics),
+            metrics,
+        )
 
     stop = threading.Event()
 

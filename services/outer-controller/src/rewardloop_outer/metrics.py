@@ -64,6 +64,71 @@ class OuterMetrics:
             "Session records whose delivery failed (they are retried).",
             registry=r,
         )
+        # --- issue #4: lateness, amendments, durability ---
+        self.routed_late = Counter(
+            "rewardloop_outer_late_events_routed_total",
+            "Out-of-order events routed to an already closed session (which is amended), by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.too_late = Counter(
+            "rewardloop_outer_events_too_late_total",
+            "Actions beyond the allowed lateness (written to the late-events topic), by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.late_records = Counter(
+            "rewardloop_outer_late_records_total",
+            "Records written to the late-events topic, by reason (beyond_allowed_lateness, unattributed).",
+            ["reason"],
+            registry=r,
+        )
+        self.kpi_pending = Counter(
+            "rewardloop_outer_kpi_pending_total",
+            "KPI events parked until the watermark passed them (attributed or reported later).",
+            registry=r,
+        )
+        self.amendments = Counter(
+            "rewardloop_outer_session_amendments_total",
+            "Session records re-emitted with a higher revision (late actions, delayed KPIs).",
+            registry=r,
+        )
+        self.checkpoint_seconds = Histogram(
+            "rewardloop_outer_checkpoint_seconds",
+            "Duration of one state checkpoint (Redis MULTI/EXEC).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.checkpoint_errors = Counter(
+            "rewardloop_outer_checkpoint_errors_total",
+            "Checkpoints that did not land, by reason (redis, fenced).",
+            ["reason"],
+            registry=r,
+        )
+        self.state_lag = Histogram(
+            "rewardloop_outer_event_to_state_lag_seconds",
+            "Kafka record timestamp -> its effect durable in the session state.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.tuner_decisions = Counter(
+            "rewardloop_outer_tuner_decisions_total",
+            "Weight tuner decisions, by segment and decision (pushed, shadow, rollback, "
+            "blocked_min_sessions, blocked_diversity, blocked_relative_gain, no_change).",
+            ["segment", "decision"],
+            registry=r,
+        )
+        self.tuner_explored = Counter(
+            "rewardloop_outer_tuner_explored_sessions_total",
+            "Sessions whose behaviour action was drawn uniformly (the exploration slice).",
+            registry=r,
+        )
+        self.tuner_kl = Gauge(
+            "rewardloop_outer_tuner_kl",
+            "KL(new || old) of the tuner's last candidate policy, by segment.",
+            ["segment"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "rewardloop_outer_build_info", "Build information (always 1).", ["version", "python"], registry=r
         )

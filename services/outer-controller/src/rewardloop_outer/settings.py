@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from rewardloop_common.settings import CommonSettings
@@ -18,6 +20,52 @@ class OuterSettings(CommonSettings):
     outer_learning_rate: float = Field(default=0.1, ge=0.0, allow_inf_nan=False)
     outer_max_step: float = Field(default=0.1, ge=0.0, allow_inf_nan=False)
 
+    # --- state, time and lateness (issue #4) ---
+    #: redis = durable sharded state (engine.py); memory = the earlier in-memory controller
+    outer_state_store: Literal["redis", "memory"] = "redis"
+    #: wall: clock = max(partition watermark, wall clock); event: the partition watermark only
+    outer_clock: Literal["wall", "event"] = "wall"
+    outer_allowed_lateness_seconds: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+    outer_attribution_window_seconds: float = Field(default=7 * 86_400.0, ge=0, allow_inf_nan=False)
+    outer_late_topic: str = Field(default="recsys.sessions.late", min_length=1)
+    outer_checkpoint_interval_ms: int = Field(default=100, ge=0)
+    #: merge of a shard's two input partitions: wait at most this long for an idle, lagging one
+    outer_max_idle_ms: int = Field(default=2000, ge=0)
+    #: 0 = unlimited; else a cap on consumed records per second (catch-up throttle)
+    outer_max_records_per_second: int = Field(default=0, ge=0)
+    outer_max_queued: int = Field(default=20_000, ge=10)
+    outer_kafka_session_timeout_ms: int = Field(default=45_000, ge=1_000)
+    outer_group_instance_id: str = ""
+
+    # --- reward blend and credit ---
+    outer_kappa_initial: float = Field(default=0.2, ge=0.0, le=1.0)
+    outer_kappa_final: float = Field(default=0.8, ge=0.0, le=1.0)
+    outer_kappa_anneal_days: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    #: event time (ms) where the anneal starts; 0 = kappa stays at OUTER_KAPPA_INITIAL
+    outer_kappa_anchor_ms: int = Field(default=0, ge=0)
+    outer_baseline_alpha: float = Field(default=0.05, gt=0.0, le=1.0)
+    outer_credit_model_dir: str = ""
+    outer_priorities_refresh_s: float = Field(default=2.0, ge=0.0)
+
+    # --- weight tuner ---
+    #: drlput = grouped discrete weights + REINFORCE; correlation = the earlier bounded rule
+    outer_tuner: Literal["drlput", "correlation"] = "drlput"
+    outer_min_sessions: int = Field(default=10_000, ge=1)
+    outer_shadow_mode: bool = True
+    outer_explore_fraction: float = Field(default=0.005, ge=0.0, le=1.0)
+    outer_kl_max: float = Field(default=0.3, gt=0.0)
+    outer_tuner_levels: int = Field(default=10, ge=2, le=100)
+    outer_tuner_lr: float = Field(default=0.5, gt=0.0)
+    outer_tuner_per_segment: bool = True
+
     @property
     def gap_ms(self) -> int:
         return max(1, round(self.outer_session_gap_seconds * 1000))
+
+    @property
+    def lateness_ms(self) -> int:
+        return round(self.outer_allowed_lateness_seconds * 1000)
+
+    @property
+    def attribution_ms(self) -> int:
+        return round(self.outer_attribution_window_seconds * 1000)

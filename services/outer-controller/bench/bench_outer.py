@@ -1,0 +1,212 @@
+"""``make bench-outer``: how fast one outer controller turns real Kafka records into durable session
+state, and how long a record takes to get there.
+
+Starts Kafka + Redis with deploy/local/start.sh (STACK_COMPONENTS="redis kafka", own RUN_DIR and
+ports), then, with one in-process :class:`DurableController` (event clock, Redis state store):
+
+1. **throughput**: N reward events (``--users`` users, sessions of ~8 steps) are produced first; the
+   controller consumes them from offset 0; events/s = N / (time until every record is in a landed
+   checkpoint);
+2. **lag**: events are produced live at ``--rate``/s for ``--seconds``; per record, lag = checkpoint
+   landed (wall clock) - the record's Kafka timestamp; P50/P99 reported.
+
+Prints one JSON object. Stops what it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import redis
+from confluent_kafka import Consumer, Producer
+from prometheus_client import CollectorRegistry
+
+from rewardloop_common.admin import create_topics
+from rewardloop_common.kafka import encode_json
+from rewardloop_common.testing import make_reward_event
+from rewardloop_outer.engine import DurableController
+from rewardloop_outer.metrics import OuterMetrics
+from rewardloop_outer.settings import OuterSettings
+from rewardloop_outer.state_store import RedisStateStore
+
+REPO = Path(__file__).resolve().parents[3]
+ENV = {
+    "RUN_DIR": str(REPO / ".run" / "outer-bench"),
+    "KAFKA_PORT": "29392",
+    "KAFKA_CONTROLLER_PORT": "29393",
+    "REDIS_PORT": "26679",
+    "STACK_COMPONENTS": "redis kafka",
+}
+T0 = 1_763_888_400_000
+
+
+def events(n: int, users: int, seed: int = 1) -> list[tuple[str, bytes]]:
+    rng = random.Random(seed)
+    tmpl = make_reward_event("x", "u", T0)
+    out = []
+    for i in range(n):
+        u = f"u{rng.randrange(users)}"
+        ev = tmpl.model_copy(
+            update={
+                "event_id": f"e{i}",
+                "user_id": u,
+                "event_time_ms": T0 + i * 2,
+                "clicked": rng.random() < 0.3,
+                "dwell_seconds": rng.random() * 30,
+                "reward": rng.random(),
+                "position": i % 5,
+            }
+        )
+        out.append((u, encode_json(ev)))
+    return out
+
+
+def controller(bootstrap: str, redis_url: str, topic: str, kpi: str) -> DurableController:
+    group = f"bench-{uuid.uuid4().hex[:6]}"
+    s = OuterSettings(
+        kafka_bootstrap_servers=bootstrap,
+        redis_url=redis_url,
+        kafka_topic_reward_raw=topic,
+        kafka_topic_kpi_raw=kpi,
+        kafka_topic_sessions=topic + ".sessions",
+        outer_late_topic=topic + ".late",
+        outer_consumer_group=group,
+        outer_clock="event",
+        outer_session_gap_seconds=60,
+        outer_checkpoint_interval_ms=50,
+    )
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "range",
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 8 * 1024 * 1024,
+        }
+    )
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4"})
+    rds = redis.Redis.from_url(redis_url)
+    return DurableController(
+        s,
+        consumer,
+        producer,
+        RedisStateStore(rds, group),
+        None,
+        OuterMetrics(CollectorRegistry()),
+        max_batch=10_000,
+    )
+
+
+def produce(bootstrap: str, topic: str, evs: list[tuple[str, bytes]], rate: float = 0.0) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.size": 1_000_000})
+    t0 = time.monotonic()
+    for i, (k, v) in enumerate(evs):
+        while True:
+            try:
+                p.produce(topic, key=k.encode(), value=v)
+                break
+            except BufferError:
+                p.poll(0.01)
+        if rate and i % 100 == 0:
+            ahead = i / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+            p.poll(0)
+    p.flush(60)
+
+
+def consumed(ctl: DurableController) -> int:
+    return sum(sum(s.offsets.values()) for s in ctl.shards.values())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--rate", type=float, default=5_000)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--keep-stack", action="store_true")
+    a = ap.parse_args()
+    env = {**os.environ, **ENV}
+    subprocess.run(["bash", str(REPO / "deploy/local/stop.sh")], env=env, check=False, capture_output=True)
+    started = subprocess.run(
+        ["bash", str(REPO / "deploy/local/start.sh")], env=env, capture_output=True, text=True
+    )
+    if started.returncode != 0:
+        print(started.stdout[-2000:], started.stderr[-2000:])
+        return 1
+    bootstrap, redis_url = f"127.0.0.1:{ENV['KAFKA_PORT']}", f"redis://127.0.0.1:{ENV['REDIS_PORT']}/0"
+    try:
+        run = uuid.uuid4().hex[:6]
+        t_topic, l_topic, kpi = f"bench.{run}.tput", f"bench.{run}.lag", f"bench.{run}.kpi"
+        create_topics(bootstrap, [t_topic, l_topic, kpi], partitions=3, wait_s=30)
+        evs = events(a.events, a.users)
+        produce(bootstrap, t_topic, evs)
+        # 1. throughput from a backlog
+        ctl = controller(bootstrap, redis_url, t_topic, kpi)
+        ctl.subscribe()
+        deadline = time.monotonic() + 300
+        while not ctl.shards and time.monotonic() < deadline:
+            ctl.run_once()
+        t0 = time.perf_counter()
+        while consumed(ctl) < a.events and time.monotonic() < deadline:
+            ctl.run_once()
+        ctl.checkpoint_and_produce()
+        elapsed = time.perf_counter() - t0
+        ctl.shutdown()
+        # 2. lag at a steady rate
+        ctl = controller(bootstrap, redis_url, l_topic, kpi)
+        ctl.record_lag = True
+        ctl.subscribe()
+        while not ctl.shards and time.monotonic() < deadline:
+            ctl.run_once()
+        n_live = int(a.rate * a.seconds)
+        live = events(n_live, a.users, seed=2)
+        th = threading.Thread(target=produce, args=(bootstrap, l_topic, live, a.rate), daemon=True)
+        th.start()
+        while (th.is_alive() or consumed(ctl) < n_live) and time.monotonic() < deadline:
+            ctl.run_once()
+        ctl.checkpoint()
+        ctl.shutdown()
+        lag = sorted(ctl.lag_samples)
+        pct = lambda q: lag[min(len(lag) - 1, int(q * len(lag)))] if lag else None  # noqa: E731
+        print(
+            json.dumps(
+                {
+                    "throughput": {
+                        "events": a.events,
+                        "users": a.users,
+                        "seconds": round(elapsed, 3),
+                        "events_per_s": round(a.events / elapsed),
+                    },
+                    "lag_ms": {
+                        "rate_per_s": a.rate,
+                        "samples": len(lag),
+                        "p50": pct(0.5),
+                        "p99": pct(0.99),
+                        "max": lag[-1] if lag else None,
+                    },
+                },
+                indent=1,
+            )
+        )
+        return 0
+    finally:
+        if not a.keep_stack:
+            subprocess.run(
+                ["bash", str(REPO / "deploy/local/stop.sh")], env=env, check=False, capture_output=True
+            )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,560 @@
+"""The durable, scale-out outer controller (issue #4): sharded session state in Redis.
+
+Shards: one per input partition number ``p`` (``recsys.reward.raw[p]`` + ``recsys.kpi.raw[p]``; both
+are keyed by ``user_id`` and consumed with range assignment, so one member owns both). Each shard has
+its own :class:`SessionWindow`, so its clock is that partition's own event-time watermark and two
+processes splitting the partitions compute exactly what one process would.
+
+The commit protocol (per loop iteration; a checkpoint every ``OUTER_CHECKPOINT_INTERVAL_MS``):
+
+1. consume a batch; apply every record to its shard's state (records below the shard's stored
+   offset -- already in the state -- are skipped; duplicates by ``event_id`` are counted and ignored);
+2. close due sessions / emit amendments; their records and the late-event records go to the shard's
+   *outbox* (in memory);
+3. **checkpoint**: the dirty users, the outbox changes and the shard meta with the *next input offsets
+   the state reflects* are written to Redis in one fenced ``MULTI/EXEC`` (:mod:`.state_store`);
+4. only then: the outbox is produced (acks=all, idempotent) and the input offsets are committed to
+   Kafka (informational: on assignment the controller seeks to the offsets stored in Redis). A record
+   leaves the outbox when the broker acknowledged it (the removal lands with the next checkpoint).
+
+After ``kill -9`` the new owner loads the last checkpoint and replays from its offsets: the state is
+exactly-once; the output is at-least-once (an acknowledged record whose outbox removal did not land
+yet is produced again, byte-identical: consumers de-duplicate on ``(session_key, revision)``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from rewardloop_common.events import KpiEvent, RewardEvent, SessionRecord
+from rewardloop_common.kpi_priorities import KPI_PRIORITIES_KEY
+from rewardloop_common.logging import get_logger
+
+from .business_reward import DEFAULT_PRIORITIES, KappaSchedule
+from .credit import CreditAssigner
+from .metrics import OuterMetrics
+from .records import RewardContext, build_record
+from .session_window import AddResult, SessionWindow
+from .settings import OuterSettings
+from .state_store import Fenced, RedisStateStore, ShardDelta
+
+log = get_logger("rewardloop.outer.engine")
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Shard:
+    partition: int
+    window: SessionWindow
+    epoch: int
+    offsets: dict[str, int] = field(default_factory=dict)  # topic -> next offset the state reflects
+    baselines: dict[str, float] = field(default_factory=dict)
+    outbox: dict[str, tuple[str, bytes, bytes]] = field(default_factory=dict)
+    outbox_new: set[str] = field(default_factory=set)
+    outbox_done: set[str] = field(default_factory=set)
+    in_flight: set[str] = field(default_factory=set)
+    ingest_ts: list[int] = field(default_factory=list)  # Kafka timestamps since the last checkpoint
+
+    def meta(self) -> dict[str, Any]:
+        w = self.window
+        return {
+            "offsets": self.offsets,
+            "max_event_ms": w.max_event_ms,
+            "baselines": self.baselines,
+            "counters": {
+                "duplicates": w.duplicates,
+                "late_actions": w.late_actions,
+                "too_late_actions": w.too_late_actions,
+                "unattributed_kpis": w.unattributed_kpis,
+                "amendments": w.amendments,
+            },
+        }
+
+
+def _ts(m: Any) -> int:
+    ts = m.timestamp()
+    return int(ts[1]) if ts and ts[0] else 0
+
+
+def _outbox_value(topic: str, key: bytes, value: bytes) -> bytes:
+    return json.dumps({"t": topic, "k": key.decode(), "v": value.decode()}, separators=(",", ":")).encode()
+
+
+class DurableController:
+    def __init__(
+        self,
+        settings: OuterSettings,
+        consumer: Any,
+        producer: Any,
+        state: RedisStateStore,
+        tuner: Any | None = None,
+        metrics: OuterMetrics | None = None,
+        *,
+        now_ms: Callable[[], int] = wall_ms,
+        poll_timeout: float = 0.05,
+        max_batch: int = 2000,
+        on_record: Callable[[SessionRecord], None] | None = None,
+    ) -> None:
+        self.s = settings
+        self.consumer = consumer
+        self.producer = producer
+        self.state = state
+        self.tuner = tuner
+        self.metrics = metrics or OuterMetrics()
+        self.wall = now_ms
+        self.poll_timeout = poll_timeout
+        self.max_batch = max_batch
+        self.on_record = on_record
+        self.reward_topic = settings.kafka_topic_reward_raw
+        self.kpi_topic = settings.kafka_topic_kpi_raw
+        self.shards: dict[int, Shard] = {}
+        self.ctx = RewardContext(
+            gamma=settings.outer_gamma,
+            kappa=KappaSchedule(
+                settings.outer_kappa_initial,
+                settings.outer_kappa_final,
+                round(settings.outer_kappa_anneal_days * 86_400_000),
+                settings.outer_kappa_anchor_ms,
+            ),
+            credit=CreditAssigner(settings.outer_gamma, settings.outer_credit_model_dir or None),
+            baseline_alpha=settings.outer_baseline_alpha,
+            priorities=dict(DEFAULT_PRIORITIES),
+        )
+        self._lock = threading.Lock()  # delivery callbacks run inside poll()/flush() on this thread
+        self._last_checkpoint = 0.0
+        self._last_priorities = -math.inf
+        self._tuner_queue: list[SessionRecord] = []
+        self._queues: dict[tuple[str, int], deque[Any]] = {}
+        self._paused: set[tuple[str, int]] = set()
+        self._idle_since: dict[tuple[str, int], float] = {}
+        self.lag_samples: list[float] = []  # event (Kafka timestamp) -> durable state, ms (bench)
+        self.record_lag = False
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    def clock_now(self) -> int:
+        return 0 if self.s.outer_clock == "event" else self.wall()
+
+    def new_window(self) -> SessionWindow:
+        return SessionWindow(
+            self.s.gap_ms,
+            allowed_lateness_ms=self.s.lateness_ms,
+            attribution_window_ms=self.s.attribution_ms,
+        )
+
+    def subscribe(self) -> None:
+        topics = [self.reward_topic, self.kpi_topic]
+        self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        log.info("subscribed", topics=topics, group=self.s.outer_consumer_group)
+
+    def run(self, stop: threading.Event) -> None:
+        self.subscribe()
+        try:
+            while not stop.is_set():
+                self.run_once()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        log.info("shutting down", shards=sorted(self.shards))
+        try:
+            self.checkpoint_and_flush()
+        except (RedisError, Fenced) as exc:
+            log.warning("final checkpoint failed", error=str(exc))
+        finally:
+            try:
+                self.consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("consumer close failed", error=str(exc))
+
+    # ------------------------------------------------------------------------------------- the loop
+
+    def run_once(self) -> int:
+        t0 = time.monotonic()
+        self._refresh_priorities()
+        self.ctx.credit.maybe_reload(t0)
+        rate = self.s.outer_max_records_per_second
+        n = self.max_batch if not rate else max(1, min(self.max_batch, rate // 10))
+        msgs = self.consumer.consume(num_messages=n, timeout=self.poll_timeout)
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error", error=str(err))
+                continue
+            shard = self.shards.get(m.partition())
+            if shard is None or m.offset() < shard.offsets.get(m.topic(), 0):
+                continue  # not ours (raced a revoke) / already in the state
+            q = self._queues.setdefault((m.topic(), m.partition()), deque())
+            q.append(m)
+            if len(q) >= self.s.outer_max_queued and (m.topic(), m.partition()) not in self._paused:
+                self._pause(m.topic(), m.partition())
+        handled = self._process_queues()
+        self.close_due(self.clock_now())
+        self.producer.poll(0)
+        if (time.monotonic() - self._last_checkpoint) * 1000 >= self.s.outer_checkpoint_interval_ms:
+            self.checkpoint_and_produce()
+        if rate and msgs:  # catch-up throttle (protects Redis; the tests use it to slow a backlog)
+            time.sleep(max(0.0, len(msgs) / rate - (time.monotonic() - t0)))
+        return handled
+
+    # Records of a shard's two input partitions are applied in ONE order that does not depend on how
+    # the client fetched them: a merge by (Kafka timestamp, topic) of the two partition queues, as
+    # Kafka Streams does for the partitions of a task. When one queue is empty the other waits until
+    # that partition is known to be caught up (its cached high watermark), at most OUTER_MAX_IDLE_MS.
+    def _process_queues(self) -> int:
+        now = self.clock_now()
+        handled = 0
+        topics = (self.reward_topic, self.kpi_topic)
+        for p, shard in list(self.shards.items()):
+            qs = [self._queues.get((t, p)) or deque() for t in topics]
+            while qs[0] or qs[1]:
+                if qs[0] and qs[1]:
+                    i = 0 if _ts(qs[0][0]) <= _ts(qs[1][0]) else 1
+                else:
+                    i = 0 if qs[0] else 1
+                    other = topics[1 - i]
+                    if not self._caught_up(other, p, shard):
+                        waited = self._idle_since.setdefault((other, p), time.monotonic())
+                        if (time.monotonic() - waited) * 1000 < self.s.outer_max_idle_ms:
+                            break
+                self._idle_since.pop((topics[1 - i], p), None)
+                m = qs[i].popleft()
+                if self.handle(m.topic(), p, m.offset(), m.value(), now):
+                    handled += 1
+                    if self.record_lag:
+                        shard.ingest_ts.append(_ts(m))
+            for t, q in zip(topics, qs, strict=True):
+                if (t, p) in self._paused and len(q) < self.s.outer_max_queued // 2:
+                    self._resume(t, p)
+        return handled
+
+    def _caught_up(self, topic: str, p: int, shard: Shard) -> bool:
+        try:
+            _lo, hi = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+        except (KafkaException, RuntimeError):
+            return False
+        return hi >= 0 and shard.offsets.get(topic, 0) >= hi
+
+    def _pause(self, topic: str, p: int) -> None:
+        self._paused.add((topic, p))
+        self.consumer.pause([TopicPartition(topic, p)])
+
+    def _resume(self, topic: str, p: int) -> None:
+        self._paused.discard((topic, p))
+        self.consumer.resume([TopicPartition(topic, p)])
+
+    def handle(self, topic: str, partition: int, offset: int, value: bytes | None, now_ms: int) -> bool:
+        shard = self.shards.get(partition)
+        if shard is None:
+            return False  # not ours (a message that raced a revoke)
+        if offset < shard.offsets.get(topic, 0):
+            return False  # already in the state (replayed before the seek took effect)
+        shard.offsets[topic] = offset + 1
+        self.metrics.events_consumed.labels(topic=topic).inc()
+        w = shard.window
+        try:
+            if value is None:
+                raise ValueError("empty record value")
+            if topic == self.reward_topic:
+                result = w.add_action(RewardEvent.model_validate_json(value), now_ms)
+            elif topic == self.kpi_topic:
+                result = w.add_kpi(KpiEvent.model_validate_json(value), now_ms)
+            else:
+                raise ValueError(f"unexpected topic {topic}")
+        except (ValidationError, ValueError, UnicodeDecodeError) as exc:
+            self.metrics.invalid_records.labels(topic=topic).inc()
+            log.warning(
+                "invalid record", topic=topic, partition=partition, offset=offset, error=str(exc)[:500]
+            )
+            return True
+        m = self.metrics
+        if result is AddResult.DUPLICATE:
+            m.duplicates.inc()
+        elif result is AddResult.UNATTRIBUTED:
+            m.kpi_unattributed.inc()
+        elif result is AddResult.AMENDED:
+            m.routed_late.labels(kind="kpi" if topic == self.kpi_topic else "action").inc()
+        elif result is AddResult.LATE:
+            m.too_late.labels(kind="action").inc()
+        elif result is AddResult.PENDING:
+            m.kpi_pending.inc()
+        return True
+
+    def close_due(self, now_ms: int) -> None:
+        for shard in self.shards.values():
+            w = shard.window
+            before_unattributed = w.unattributed_kpis
+            for closed in w.close_due(now_ms):
+                rec = build_record(closed, self.ctx, shard.baselines)
+                if rec.revision == 0:
+                    if rec.baseline is not None:
+                        w.set_baseline(closed.user_id, closed.key_ms or closed.start_ms, rec.baseline)
+                    if self.tuner is not None:
+                        rec.tuner = self.tuner.behaviour(rec)
+                rid = f"s:{rec.session_key}:{rec.revision}"
+                self._outbox_add(shard, rid, self.s.kafka_topic_sessions, rec.user_id, rec.to_json_bytes())
+                if rec.revision == 0:
+                    self.metrics.sessions_closed.inc()
+                    self.metrics.business_reward.observe(rec.business_reward)
+                    self._tuner_queue.append(rec)
+                else:
+                    self.metrics.amendments.inc()
+                if self.on_record is not None:
+                    self.on_record(rec)
+            if w.unattributed_kpis > before_unattributed:
+                self.metrics.kpi_unattributed.inc(w.unattributed_kpis - before_unattributed)
+            for late in w.drain_late():
+                rid = f"l:{late.kind}:{late.event_id}"
+                self._outbox_add(shard, rid, self.s.outer_late_topic, late.user_id, late.to_json_bytes())
+                self.metrics.late_records.labels(reason=late.reason).inc()
+        self.metrics.open_sessions.set(sum(s.window.open_count for s in self.shards.values()))
+
+    def _outbox_add(self, shard: Shard, rid: str, topic: str, key: str, value: bytes) -> None:
+        shard.outbox[rid] = (topic, key.encode(), value)
+        shard.outbox_new.add(rid)
+        shard.outbox_done.discard(rid)
+
+    # ---------------------------------------------------------------------------------- durability
+
+    def checkpoint(self) -> bool:
+        """Write every shard's changes in one fenced transaction; ``False`` when it did not land."""
+        self._last_checkpoint = time.monotonic()
+        deltas: list[ShardDelta] = []
+        with self._lock:
+            for shard in self.shards.values():
+                w = shard.window
+                d = ShardDelta(shard.partition, shard.epoch, meta=shard.meta())
+                for user in w.dirty:
+                    st = w.user_state(user)
+                    if st is None:
+                        d.users_del.append(user)
+                    else:
+                        d.users_set[user] = st
+                for rid in shard.outbox_new:
+                    t, k, v = shard.outbox[rid]
+                    d.outbox_set[rid] = _outbox_value(t, k, v)
+                d.outbox_del = list(shard.outbox_done)
+                deltas.append(d)
+        t0 = time.perf_counter()
+        try:
+            self.state.checkpoint(deltas)
+        except Fenced as exc:
+            # a rebalance gave a shard to another member while we were not looking: drop every shard
+            # and rejoin, so the next assignment reloads them from Redis
+            log.error("fenced: another controller owns a shard; rejoining the group", error=str(exc))
+            self.metrics.checkpoint_errors.labels(reason="fenced").inc()
+            self.shards.clear()
+            self._queues.clear()
+            self._paused.clear()
+            try:
+                self.consumer.unsubscribe()
+                self.subscribe()
+            except (KafkaException, RuntimeError) as exc2:
+                log.error("re-subscribe failed", error=str(exc2))
+            return False
+        except (RedisError, OSError) as exc:
+            log.error("checkpoint failed; will retry", error=str(exc))
+            self.metrics.checkpoint_errors.labels(reason="redis").inc()
+            return False
+        done_ms = wall_ms()
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        with self._lock:
+            for shard, d in zip(list(self.shards.values()), deltas, strict=False):
+                shard.window.dirty.difference_update(d.users_set.keys(), d.users_del)
+                shard.outbox_new.difference_update(d.outbox_set.keys())
+                shard.outbox_done.difference_update(d.outbox_del)
+                for ts in shard.ingest_ts:
+                    lag = done_ms - ts
+                    self.metrics.state_lag.observe(lag / 1000)
+                    if self.record_lag:
+                        self.lag_samples.append(lag)
+                shard.ingest_ts.clear()
+        return True
+
+    def checkpoint_and_produce(self) -> None:
+        if not self.checkpoint():
+            return
+        for shard in list(self.shards.values()):
+            for rid in [r for r in shard.outbox if r not in shard.in_flight and r not in shard.outbox_new]:
+                self._produce(shard, rid)
+        self.producer.poll(0)
+        self._commit_offsets()
+        self._feed_tuner()
+
+    def checkpoint_and_flush(self, timeout_s: float = 10.0) -> None:
+        """Checkpoint, produce the outbox, wait for the acknowledgements, checkpoint their removal."""
+        self.checkpoint_and_produce()
+        remaining = self.producer.flush(timeout_s)
+        if remaining:
+            log.warning("producer flush timed out", remaining=remaining)
+        self.checkpoint()
+
+    def _produce(self, shard: Shard, rid: str) -> None:
+        topic, key, value = shard.outbox[rid]
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            with self._lock:
+                shard.in_flight.discard(rid)
+                if err is not None:
+                    self.metrics.session_produce_errors.inc()
+                    log.warning("record not delivered; will retry", id=rid, error=str(err))
+                elif rid in shard.outbox and rid not in shard.outbox_new:
+                    del shard.outbox[rid]
+                    shard.outbox_done.add(rid)
+
+        try:
+            self.producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            shard.in_flight.add(rid)
+        except (BufferError, KafkaException) as exc:
+            log.warning("record not produced; will retry", id=rid, error=str(exc))
+            self.producer.poll(0.05)
+
+    def _commit_offsets(self) -> None:
+        tps = [
+            TopicPartition(topic, shard.partition, off)
+            for shard in self.shards.values()
+            for topic, off in shard.offsets.items()
+        ]
+        if not tps:
+            return
+        try:
+            self.consumer.commit(offsets=tps, asynchronous=True)
+        except KafkaException as exc:
+            log.warning("offset commit failed (state is in Redis; informational)", error=str(exc))
+
+    # ---------------------------------------------------------------------------------- rebalance
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        parts = sorted({p.partition for p in partitions})
+        for p in parts:
+            if p not in self.shards:
+                self.shards[p] = self._load_shard(p)
+        for tp in partitions:
+            off = self.shards[tp.partition].offsets.get(tp.topic)
+            if off is not None:
+                tp.offset = off
+        log.info(
+            "partitions assigned", partitions=[f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions]
+        )
+        consumer.assign(partitions)
+        try:
+            consumer.resume(partitions)  # a pause must not survive a rebalance
+        except (KafkaException, RuntimeError, AttributeError):
+            pass
+
+    def _load_shard(self, p: int) -> Shard:
+        snap = self.state.claim(p)
+        w = self.new_window()
+        for user, raw in snap.users.items():
+            w.load_user(user, raw)
+        meta = snap.meta
+        w.max_event_ms = int(meta.get("max_event_ms", 0))
+        c = meta.get("counters", {})
+        w.duplicates = c.get("duplicates", 0)
+        w.late_actions = c.get("late_actions", 0)
+        w.too_late_actions = c.get("too_late_actions", 0)
+        w.unattributed_kpis = c.get("unattributed_kpis", 0)
+        w.amendments = c.get("amendments", 0)
+        shard = Shard(
+            p, w, snap.epoch, offsets=dict(meta.get("offsets", {})), baselines=dict(meta.get("baselines", {}))
+        )
+        for rid, raw in snap.outbox.items():
+            o = json.loads(raw)
+            shard.outbox[rid] = (o["t"], o["k"].encode(), o["v"].encode())
+        log.info(
+            "shard loaded",
+            partition=p,
+            epoch=snap.epoch,
+            users=len(snap.users),
+            outbox=len(shard.outbox),
+            offsets=shard.offsets,
+        )
+        return shard
+
+    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        revoked = {p.partition for p in partitions}
+        log.info("partitions revoked", partitions=sorted(revoked))
+        try:
+            self.checkpoint_and_flush()
+        except (RedisError, Fenced) as exc:
+            log.warning("checkpoint on revoke failed", error=str(exc))
+        for p in revoked:
+            self.shards.pop(p, None)
+            for t in (self.reward_topic, self.kpi_topic):
+                self._queues.pop((t, p), None)
+                self._paused.discard((t, p))
+                self._idle_since.pop((t, p), None)
+
+    # ----------------------------------------------------------------------- priorities and tuner
+
+    def _refresh_priorities(self) -> None:
+        now = time.monotonic()
+        if now - self._last_priorities < self.s.outer_priorities_refresh_s:
+            return
+        self._last_priorities = now
+        try:
+            raw = self.state.client.get(KPI_PRIORITIES_KEY)
+        except (RedisError, OSError) as exc:
+            log.warning("could not read KPI priorities", error=str(exc))
+            return
+        pr = dict(DEFAULT_PRIORITIES)
+        override: float | None = None
+        if raw:
+            try:
+                doc = json.loads(raw)
+                pr.update(
+                    {k: float(v) for k, v in doc.get("priorities", {}).items() if k in pr and v is not None}
+                )
+                if doc.get("kappa") is not None:
+                    override = float(doc["kappa"])
+            except (ValueError, TypeError, AttributeError) as exc:
+                log.warning("invalid KPI priorities document ignored", error=str(exc))
+                return
+        if pr != self.ctx.priorities or override != self.ctx.kappa_override:
+            log.info("KPI priorities in effect", priorities=pr, kappa_override=override)
+        self.ctx.priorities, self.ctx.kappa_override = pr, override
+
+    def _feed_tuner(self) -> None:
+        queue, self._tuner_queue = self._tuner_queue, []
+        if self.tuner is None:
+            return
+        for rec in queue:
+            try:
+                self.tuner.add(rec)
+            except (RedisError, OSError) as exc:
+                log.error("weight tuner failed (batch dropped)", segment=rec.segment, error=str(exc))
+
+
+def make_tuner(settings: OuterSettings, store: Any, metrics: OuterMetrics) -> Any:
+    from .tuner import WeightTuner
+
+    return WeightTuner(
+        store,
+        metrics,
+        strategy=settings.outer_tuner,
+        batch_sessions=settings.outer_update_batch_sessions,
+        min_sessions=settings.outer_min_sessions,
+        shadow=settings.outer_shadow_mode,
+        explore_fraction=settings.outer_explore_fraction,
+        kl_max=settings.outer_kl_max,
+        levels=settings.outer_tuner_levels,
+        lr=settings.outer_tuner_lr,
+        per_segment=settings.outer_tuner_per_segment,
+        learning_rate=settings.outer_learning_rate,
+        max_step=settings.outer_max_step,
+    )
