@@ -105,7 +105,9 @@ wait_ready() {
   local name=$1 timeout=${2:-$START_TIMEOUT} start
   start=$(date +%s)
   while ! probe "$name"; do
-    running_pid "$name" >/dev/null || fail_with_log "$name" "$name exited during start-up"
+    # look twice: while the launcher execs, /proc/<pid>/cmdline can briefly read as empty
+    running_pid "$name" >/dev/null || { sleep 0.3 && running_pid "$name" >/dev/null; } ||
+      fail_with_log "$name" "$name exited during start-up"
     if (($(date +%s) - start >= timeout)); then
       fail_with_log "$name" "$name not ready after ${timeout}s"
     fi
