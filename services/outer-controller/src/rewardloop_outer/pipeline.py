@@ -19,14 +19,13 @@ from pydantic import ValidationError
 from rewardloop_common.events import (
     KpiEvent,
     RewardEvent,
-    SessionKpi,
     SessionRecord,
-    SessionStep,
 )
 from rewardloop_common.logging import get_logger
 
 from .business_reward import business_reward
 from .metrics import OuterMetrics
+from .records import session_kpi, session_step
 from .returns import discounted_returns
 from .session_window import AddResult, ClosedSession, SessionWindow, TopicPartition
 
@@ -36,34 +35,8 @@ log = get_logger("rewardloop.outer.pipeline")
 def build_session_record(closed: ClosedSession, gamma: float) -> SessionRecord:
     rewards = [a.reward for a in closed.actions]
     returns = discounted_returns(rewards, gamma)
-    steps = [
-        SessionStep(  # type: ignore[call-arg]  # populate_by_name: return_ fills the alias "return"
-            event_id=a.event_id,
-            item_id=a.item_id,
-            position=a.position,
-            event_time_ms=a.event_time_ms,
-            clicked=a.clicked,
-            dwell_seconds=a.dwell_seconds,
-            skipped=a.skipped,
-            predicted_relevance=a.predicted_relevance,
-            behavior_propensity=a.behavior_propensity,
-            reward=a.reward,
-            weights_version=a.weights_version,
-            return_=g,
-        )
-        for a, g in zip(closed.actions, returns, strict=True)
-    ]
-    purchases = [k for k in closed.kpis if k.kind == "purchase"]
-    revenue = sum((k.revenue or 0.0) for k in purchases)
-    subs = sum(1 for k in closed.kpis if k.kind == "subscription")
-    visits = sum(1 for k in closed.kpis if k.kind == "return_visit")
-    kpi = SessionKpi(
-        revenue=revenue,
-        purchases=len(purchases),
-        return_visits=visits,
-        subscriptions=subs,
-        event_ids=[k.event_id for k in closed.kpis],
-    )
+    steps = [session_step(a, g) for a, g in zip(closed.actions, returns, strict=True)]
+    kpi = session_kpi(closed)
     return SessionRecord(
         session_key=closed.session_key,
         user_id=closed.user_id,
@@ -76,7 +49,7 @@ def build_session_record(closed: ClosedSession, gamma: float) -> SessionRecord:
         steps=steps,
         discounted_return=returns[0] if returns else 0.0,
         kpi=kpi,
-        business_reward=business_reward(revenue, subs, visits),
+        business_reward=business_reward(kpi.revenue, kpi.subscriptions, kpi.return_visits),
         weights_versions=sorted({a.weights_version for a in closed.actions}),
     )
 

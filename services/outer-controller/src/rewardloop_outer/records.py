@@ -20,8 +20,9 @@ Per session (all in the record):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from rewardloop_common.events import SessionBusiness, SessionKpi, SessionRecord, SessionStep
+from rewardloop_common.events import RewardEvent, SessionBusiness, SessionKpi, SessionRecord, SessionStep
 
 from .business_reward import (
     KappaSchedule,
@@ -33,6 +34,37 @@ from .business_reward import (
 from .credit import CreditAssigner
 from .returns import discounted_returns
 from .session_window import ClosedSession
+
+
+def session_step(a: RewardEvent, g: float, **extra: Any) -> SessionStep:
+    """One ``recsys.sessions`` step from a closed session's action and its return ``g``."""
+    return SessionStep(  # type: ignore[call-arg]  # populate_by_name: return_ fills the alias "return"
+        event_id=a.event_id,
+        item_id=a.item_id,
+        position=a.position,
+        event_time_ms=a.event_time_ms,
+        clicked=a.clicked,
+        dwell_seconds=a.dwell_seconds,
+        skipped=a.skipped,
+        predicted_relevance=a.predicted_relevance,
+        behavior_propensity=a.behavior_propensity,
+        reward=a.reward,
+        weights_version=a.weights_version,
+        return_=g,
+        **extra,
+    )
+
+
+def session_kpi(closed: ClosedSession) -> SessionKpi:
+    """The session's KPI totals (revenue of purchases, counts per kind, the attributed event ids)."""
+    purchases = [k for k in closed.kpis if k.kind == "purchase"]
+    return SessionKpi(
+        revenue=sum((k.revenue or 0.0) for k in purchases),
+        purchases=len(purchases),
+        return_visits=sum(1 for k in closed.kpis if k.kind == "return_visit"),
+        subscriptions=sum(1 for k in closed.kpis if k.kind == "subscription"),
+        event_ids=[k.event_id for k in closed.kpis],
+    )
 
 
 @dataclass
@@ -51,10 +83,8 @@ def build_record(closed: ClosedSession, ctx: RewardContext, baselines: dict[str,
     actions = closed.actions
     rewards = [a.reward for a in actions]
     returns = discounted_returns(rewards, gamma)
-    purchases = [k for k in closed.kpis if k.kind == "purchase"]
-    revenue = sum((k.revenue or 0.0) for k in purchases)
-    subs = sum(1 for k in closed.kpis if k.kind == "subscription")
-    visits = sum(1 for k in closed.kpis if k.kind == "return_visit")
+    kpi = session_kpi(closed)
+    revenue, subs, visits = kpi.revenue, kpi.subscriptions, kpi.return_visits
     parts = business_parts(
         [(a.request_id or a.event_id, a.position, a.clicked, a.dwell_seconds, a.skipped) for a in actions],
         revenue,
@@ -72,22 +102,7 @@ def build_record(closed: ClosedSession, ctx: RewardContext, baselines: dict[str,
         baselines[seg] = ema_update(base, blended, ctx.baseline_alpha)
     shares = ctx.credit.shares(actions)
     steps = [
-        SessionStep(  # type: ignore[call-arg]  # populate_by_name: return_ fills the alias "return"
-            event_id=a.event_id,
-            item_id=a.item_id,
-            position=a.position,
-            event_time_ms=a.event_time_ms,
-            clicked=a.clicked,
-            dwell_seconds=a.dwell_seconds,
-            skipped=a.skipped,
-            predicted_relevance=a.predicted_relevance,
-            behavior_propensity=a.behavior_propensity,
-            reward=a.reward,
-            weights_version=a.weights_version,
-            return_=g,
-            credit=sh * advantage,
-            request_id=a.request_id,
-        )
+        session_step(a, g, credit=sh * advantage, request_id=a.request_id)
         for a, g, sh in zip(actions, returns, shares, strict=True)
     ]
     return SessionRecord(
@@ -101,13 +116,7 @@ def build_record(closed: ClosedSession, ctx: RewardContext, baselines: dict[str,
         gamma=gamma,
         steps=steps,
         discounted_return=g0,
-        kpi=SessionKpi(
-            revenue=revenue,
-            purchases=len(purchases),
-            return_visits=visits,
-            subscriptions=subs,
-            event_ids=[k.event_id for k in closed.kpis],
-        ),
+        kpi=kpi,
         business_reward=business_reward(revenue, subs, visits),
         weights_versions=sorted({a.weights_version for a in actions}),
         revision=closed.revision,
