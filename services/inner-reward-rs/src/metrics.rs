@@ -1,10 +1,11 @@
 //! Prometheus metrics (one registry per server instance, so tests can run several) and the
 //! HTTP endpoint that serves them.
 
+use crate::scoring::{violation_field_label, FieldViolation, Parts, VIOLATION_FIELDS};
 use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::Arc;
 use thiserror::Error;
@@ -13,6 +14,13 @@ use thiserror::Error;
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
+
+/// Buckets of the logged behavior propensity (valid values are in (0, 1]); `le="0.01"` is the
+/// "extreme propensity" threshold of the dashboards and rules.
+pub const PROPENSITY_BUCKETS: &[f64] = &[0.001, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0];
+
+/// The `component` label values of `rewardloop_inner_reward_part_abs_total`.
+pub const REWARD_COMPONENTS: [&str; 4] = ["click", "dwell", "skip", "relevance"];
 
 #[derive(Debug, Error)]
 #[error("registering metrics: {0}")]
@@ -38,6 +46,13 @@ pub struct Metrics {
     pub weights_version: IntGaugeVec,
     pub weights_reload_errors: IntCounter,
     pub build_info: IntGaugeVec,
+    /// Feedbacks scored (accepted, valid).
+    pub scored_events: IntCounter,
+    /// |weighted part| summed per component; children in [`REWARD_COMPONENTS`] order.
+    pub reward_part_abs: CounterVec,
+    part_abs: [Counter; 4],
+    pub behavior_propensity: Histogram,
+    pub invalid_fields: IntCounterVec,
 }
 
 impl Metrics {
@@ -120,6 +135,35 @@ impl Metrics {
             ),
             &["version"],
         )?;
+        let scored_events = IntCounter::new(
+            "rewardloop_inner_scored_events_total",
+            "Feedbacks scored (valid and accepted), over ScoreAction and ScoreSlate",
+        )?;
+        let reward_part_abs = CounterVec::new(
+            Opts::new(
+                "rewardloop_inner_reward_part_abs_total",
+                "Sum of the absolute weighted reward parts of scored feedbacks, by component (skip parts are <= 0, hence the absolute value)",
+            ),
+            &["component"],
+        )?;
+        let part_abs = REWARD_COMPONENTS.map(|c| reward_part_abs.with_label_values(&[c]));
+        let behavior_propensity = Histogram::with_opts(
+            HistogramOpts::new(
+                "rewardloop_inner_behavior_propensity",
+                "Logged behavior-policy propensity of scored feedbacks",
+            )
+            .buckets(PROPENSITY_BUCKETS.to_vec()),
+        )?;
+        let invalid_fields = IntCounterVec::new(
+            Opts::new(
+                "rewardloop_inner_invalid_fields_total",
+                "Calls refused with INVALID_ARGUMENT, by the (first) invalid field",
+            ),
+            &["field"],
+        )?;
+        for f in VIOLATION_FIELDS {
+            invalid_fields.with_label_values(&[f]);
+        }
         for c in [
             Box::new(request_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(requests.clone()),
@@ -137,6 +181,10 @@ impl Metrics {
             Box::new(weights_version.clone()),
             Box::new(weights_reload_errors.clone()),
             Box::new(build_info.clone()),
+            Box::new(scored_events.clone()),
+            Box::new(reward_part_abs.clone()),
+            Box::new(behavior_propensity.clone()),
+            Box::new(invalid_fields.clone()),
         ] {
             registry.register(c)?;
         }
@@ -161,7 +209,33 @@ impl Metrics {
             weights_version,
             weights_reload_errors,
             build_info,
+            scored_events,
+            reward_part_abs,
+            part_abs,
+            behavior_propensity,
+            invalid_fields,
         })
+    }
+
+    /// Records one scored feedback: its reward parts and its logged propensity.
+    pub fn observe_score(&self, parts: &Parts, propensity: f64) {
+        self.scored_events.inc();
+        let values = [parts.click, parts.dwell, parts.skip, parts.relevance];
+        for (counter, v) in self.part_abs.iter().zip(values) {
+            let v = v.abs();
+            // a counter must never go down or turn NaN; validated input keeps parts finite
+            if v.is_finite() && v > 0.0 {
+                counter.inc_by(v);
+            }
+        }
+        self.behavior_propensity.observe(propensity);
+    }
+
+    /// Records one call refused with INVALID_ARGUMENT, by its invalid field.
+    pub fn observe_invalid(&self, v: &FieldViolation) {
+        self.invalid_fields
+            .with_label_values(&[violation_field_label(&v.field)])
+            .inc();
     }
 
     /// Records one finished request.
@@ -237,6 +311,20 @@ mod tests {
         m.observe_request("ScoreAction", tonic::Code::Ok, 0.0001);
         m.observe_request("ScoreAction", tonic::Code::InvalidArgument, 0.0001);
         m.weights_version.with_label_values(&["default"]).set(3);
+        m.observe_score(
+            &Parts {
+                click: 1.0,
+                dwell: 0.5,
+                skip: -0.3,
+                relevance: 0.0,
+            },
+            0.005,
+        );
+        m.observe_invalid(&FieldViolation::new(
+            "feedbacks[2].behavior_propensity",
+            "bad",
+        ));
+        m.observe_invalid(&FieldViolation::new("feedback.unknown", "bad"));
         let text = m.render();
         for name in [
             "rewardloop_inner_request_duration_seconds_bucket{method=\"ScoreAction\",le=\"0.00005\"}",
@@ -255,6 +343,17 @@ mod tests {
             "rewardloop_inner_weights_version{segment=\"default\"} 3",
             "rewardloop_inner_weights_reload_errors_total 0",
             "rewardloop_inner_build_info{version=",
+            "rewardloop_inner_scored_events_total 1",
+            "rewardloop_inner_reward_part_abs_total{component=\"click\"} 1",
+            "rewardloop_inner_reward_part_abs_total{component=\"dwell\"} 0.5",
+            "rewardloop_inner_reward_part_abs_total{component=\"skip\"} 0.3",
+            "rewardloop_inner_reward_part_abs_total{component=\"relevance\"} 0",
+            "rewardloop_inner_behavior_propensity_bucket{le=\"0.001\"} 0",
+            "rewardloop_inner_behavior_propensity_bucket{le=\"0.01\"} 1",
+            "rewardloop_inner_behavior_propensity_count 1",
+            "rewardloop_inner_invalid_fields_total{field=\"behavior_propensity\"} 1",
+            "rewardloop_inner_invalid_fields_total{field=\"other\"} 1",
+            "rewardloop_inner_invalid_fields_total{field=\"event_id\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -224,6 +224,35 @@ pub fn validate_slate(feedbacks: &[Feedback], max_slate: usize) -> Result<(), Fi
     Ok(())
 }
 
+/// Bounded label values for `rewardloop_inner_invalid_fields_total{field}`: the feedback's field
+/// names, `feedback` (missing in ScoreAction) and `feedbacks` (empty or oversized slate).
+pub const VIOLATION_FIELDS: &[&str] = &[
+    "feedback",
+    "feedbacks",
+    "event_id",
+    "request_id",
+    "user_id",
+    "session_id",
+    "item_id",
+    "event_time_ms",
+    "dwell_seconds",
+    "predicted_relevance",
+    "behavior_propensity",
+    "segment",
+    "other",
+];
+
+/// The metric label of a violation's field path: its last component (`feedbacks[3].user_id` is
+/// `user_id`), one of [`VIOLATION_FIELDS`]; anything unknown is `other`.
+pub fn violation_field_label(path: &str) -> &'static str {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    VIOLATION_FIELDS
+        .iter()
+        .copied()
+        .find(|f| *f == last)
+        .unwrap_or("other")
+}
+
 /// The segment a feedback asks for: its own, or `default` when empty.
 pub fn normalize_segment(segment: &str) -> &str {
     if segment.is_empty() {
@@ -257,6 +286,23 @@ mod tests {
 
     fn approx(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn violation_field_labels_are_bounded() {
+        assert_eq!(
+            violation_field_label("feedback.behavior_propensity"),
+            "behavior_propensity"
+        );
+        assert_eq!(violation_field_label("feedbacks[3].user_id"), "user_id");
+        assert_eq!(violation_field_label("feedbacks"), "feedbacks");
+        assert_eq!(violation_field_label("feedback"), "feedback");
+        assert_eq!(violation_field_label("feedback.nope"), "other");
+        assert_eq!(violation_field_label(""), "other");
+        let mut f = valid();
+        f.behavior_propensity = 1.5;
+        let v = validate_feedback(SlateItem(2), &f).expect_err("propensity > 1");
+        assert_eq!(violation_field_label(&v.field), "behavior_propensity");
     }
 
     #[test]

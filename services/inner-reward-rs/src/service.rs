@@ -44,6 +44,7 @@ impl InnerRewardService {
         let segment = normalize_segment(&f.segment).to_owned();
         let doc = self.store.get(&segment);
         let s = scoring::score(Signals::from(&f), &doc.weights);
+        self.metrics.observe_score(&s.parts, f.behavior_propensity);
         let reward = Reward {
             event_id: f.event_id.clone(),
             value: s.value,
@@ -75,6 +76,12 @@ impl InnerRewardService {
                 EnqueueError::Closed => Status::unavailable("scorer shutting down; retry on another instance"),
             }),
         }
+    }
+
+    /// Counts the violation (`rewardloop_inner_invalid_fields_total`) and builds its status.
+    fn invalid(&self, v: &FieldViolation) -> Status {
+        self.metrics.observe_invalid(v);
+        invalid_argument(v)
     }
 
     fn finish<T>(
@@ -112,12 +119,9 @@ impl InnerReward for InnerRewardService {
     ) -> Result<Response<ScoreActionResponse>, Status> {
         let started = Instant::now();
         let result = match request.into_inner().feedback {
-            None => Err(invalid_argument(&FieldViolation::new(
-                "feedback",
-                "is required",
-            ))),
+            None => Err(self.invalid(&FieldViolation::new("feedback", "is required"))),
             Some(f) => match scoring::validate_feedback("feedback", &f) {
-                Err(v) => Err(invalid_argument(&v)),
+                Err(v) => Err(self.invalid(&v)),
                 Ok(()) => self.reserve(1).map(|mut sink| {
                     Response::new(ScoreActionResponse {
                         reward: Some(self.score_one(f, sink.as_mut())),
@@ -135,7 +139,7 @@ impl InnerReward for InnerRewardService {
         let started = Instant::now();
         let feedbacks = request.into_inner().feedbacks;
         let result = match scoring::validate_slate(&feedbacks, self.max_slate) {
-            Err(v) => Err(invalid_argument(&v)),
+            Err(v) => Err(self.invalid(&v)),
             Ok(()) => self.reserve(feedbacks.len()).map(|mut sink| {
                 Response::new(ScoreSlateResponse {
                     rewards: feedbacks

@@ -242,6 +242,27 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         srv.metric("rewardloop_inner_events_enqueued_total").await,
         1.0
     );
+    // Each refusal is counted once by its field; only the accepted feedback is scored.
+    for (field, n) in [
+        ("dwell_seconds", 1.0),
+        ("feedback", 1.0),
+        ("user_id", 1.0),
+        ("feedbacks", 2.0),
+        ("behavior_propensity", 1.0),
+        ("event_id", 0.0),
+    ] {
+        let name = format!("rewardloop_inner_invalid_fields_total{{field=\"{field}\"}}");
+        assert_eq!(srv.metric(&name).await, n, "{name}");
+    }
+    assert_eq!(
+        srv.metric("rewardloop_inner_scored_events_total").await,
+        1.0
+    );
+    assert_eq!(
+        srv.metric("rewardloop_inner_behavior_propensity_count")
+            .await,
+        1.0
+    );
 
     srv.stop().await;
 }
