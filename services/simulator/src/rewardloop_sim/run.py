@@ -20,6 +20,7 @@ from tqdm import tqdm
 from rewardloop_common.settings import CommonSettings
 
 from .clients import GatewayClient, ScorerClient
+from .recomind_world import RecoMindWorld
 from .summary import collect_summary, print_summary
 from .world import World
 
@@ -56,9 +57,17 @@ def simulate(
     speedup: float,
     seed: int,
     progress: bool = True,
+    world_kind: str = "basic",
+    grounded: bool = False,
 ) -> RunStats:
     """Run users through sessions for `duration_s` wall seconds; returns what was sent."""
-    world = World(n_users=users, seed=seed)
+    world: World | RecoMindWorld
+    if world_kind == "recomind":
+        world = RecoMindWorld(n_users=users, seed=seed, grounded=grounded)
+    elif world_kind == "basic":
+        world = World(n_users=users, seed=seed)
+    else:
+        raise ValueError(f"world_kind must be 'basic' or 'recomind', got {world_kind!r}")
     scorer = ScorerClient(settings.inner_reward_grpc_addr)
     gateway = GatewayClient(settings.gateway_url)
     scorer.wait_ready()
@@ -98,7 +107,7 @@ def simulate(
 
 
 def _step_user(
-    world: World,
+    world: World | RecoMindWorld,
     u: int,
     t_ms: int,
     gap_ms: int,
@@ -159,12 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=15.0,
         help="seconds to wait after the load for the outer loop to catch up before the summary (default 15)",
     )
+    parser.add_argument(
+        "--world",
+        choices=("basic", "recomind"),
+        default="basic",
+        help="basic: the walking-skeleton world; recomind: RecoMindEnv (clickbait, pivots, price anchors)",
+    )
+    parser.add_argument(
+        "--grounded", action="store_true", help="with --world recomind: MovieLens-100k users and movies"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.grounded and args.world != "recomind":
+        parser.error("--grounded needs --world recomind")
     settings = SimSettings()
     started_ms = int(time.time() * 1000)
     stats = simulate(
@@ -174,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         speedup=args.speedup,
         seed=args.seed,
         progress=not args.no_progress,
+        world_kind=args.world,
+        grounded=args.grounded,
     )
     summary = collect_summary(settings, stats, since_ms=started_ms, settle_s=args.settle)
     print_summary(summary)
