@@ -63,6 +63,7 @@ def test_every_alert_has_for_severity_and_annotations() -> None:
         "RewardloopTelemetryEventsFailing",
         "RewardloopTelemetryEventsDropped",
         "RewardloopOuterConsumerLagging",
+        "RewardloopOuterConsumerLagHigh",
         "RewardloopOuterSessionsStalled",
         "RewardloopOuterWeightsRollback",
     ):

@@ -21,7 +21,7 @@ def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     s = CommonSettings()
     assert s.kafka_bootstrap_servers == "127.0.0.1:9092"
     assert s.redis_url == "redis://127.0.0.1:6379/0"
-    assert s.all_topics == ["recsys.reward.raw", "recsys.kpi.raw", "recsys.sessions"]
+    assert s.all_topics == ["recsys.reward.raw", "recsys.kpi.raw", "recsys.sessions", "recsys.sessions.late"]
     assert s.log_format == "console"
     monkeypatch.setenv("KAFKA_TOPIC_SESSIONS", "x.sessions")
     monkeypatch.setenv("LOG_FORMAT", "json")

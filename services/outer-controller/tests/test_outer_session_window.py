@@ -57,13 +57,37 @@ def test_out_of_order_and_late_actions() -> None:
 
 
 def test_dedup_by_event_id_even_after_close() -> None:
-    w = SessionWindow(GAP)
+    w = SessionWindow(GAP, allowed_lateness_ms=1_000)  # closed sessions are retained: they de-duplicate
     ev = make_reward_event("e1", "u1", T0)
     assert w.add_action(ev, T0) is AddResult.ADDED
     assert w.add_action(ev, T0) is AddResult.DUPLICATE
     assert len(w.close_due(T0 + GAP + 1)) == 1
     assert w.add_action(ev, T0 + GAP + 1) is AddResult.DUPLICATE
     assert w.open_count == 0 and w.duplicates == 2
+
+
+def test_delta_lines_replay_to_the_same_state() -> None:
+    w = SessionWindow(GAP, allowed_lateness_ms=1_000, attribution_window_ms=10_000)
+    blobs: list[bytes] = []
+    w.add_action(make_reward_event("e1", "u1", T0), 0)
+    assert w.add_kpi(make_kpi_event("k0", "u1", event_time_ms=T0 + 1_200), 0) is AddResult.PENDING
+    blobs.append(w.delta())
+    w.commit_delta()
+    w.add_action(make_reward_event("e2", "u1", T0 + 500), 0)
+    d2 = w.delta()
+    assert b'"e1"' not in d2 and b'"e2"' in d2  # only what was appended since the last delta
+    blobs.append(d2)
+    w.commit_delta()
+    w.add_action(make_reward_event("e3", "u1", T0 + 4 * GAP), 0)  # closes the first, takes the KPI
+    d3 = w.delta()
+    assert d3.startswith(b'["f","u1"]')  # the pending KPI moved: the user's full state is rewritten
+    blobs.append(d3)
+    w.commit_delta()
+    w2 = SessionWindow(GAP, allowed_lateness_ms=1_000, attribution_window_ms=10_000)
+    assert w2.restore(blobs) == 1
+    assert w2.user_state("u1") == w.user_state("u1")
+    assert [k.event_id for k in w2.retained_sessions("u1")[0].kpis.values()] == ["k0"]
+    assert w2.add_action(make_reward_event("e2", "u1", T0 + 500), 0) is AddResult.DUPLICATE
 
 
 def test_kpi_attaches_without_extending_and_unattributed() -> None:
@@ -78,19 +102,6 @@ def test_kpi_attaches_without_extending_and_unattributed() -> None:
     assert s.end_ms == T0 and [x.event_id for x in s.kpis] == ["k1"]
     assert w.unattributed_kpis == 1
     assert w.add_kpi(make_kpi_event("k2", "u1"), T0 + GAP + 2) is AddResult.UNATTRIBUTED
-
-
-def test_held_offsets_and_drop_partitions() -> None:
-    w = SessionWindow(GAP)
-    w.add_action(make_reward_event("e1", "u1", T0), T0, ("r", 0, 10))
-    w.add_action(make_reward_event("e2", "u1", T0 + 1), T0, ("r", 0, 12))
-    w.add_kpi(make_kpi_event("k1", "u1"), T0, ("k", 0, 3))
-    w.add_action(make_reward_event("e3", "u2", T0), T0, ("r", 1, 7))
-    assert w.held_offsets() == {("r", 0): 10, ("k", 0): 3, ("r", 1): 7}
-    assert w.drop_partitions({("r", 1)}) == 1
-    assert w.held_offsets() == {("r", 0): 10, ("k", 0): 3}
-    w.close_due(T0 + GAP + 2)
-    assert w.held_offsets() == {}
 
 
 def test_invalid_gap() -> None:

@@ -129,15 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Environment: KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092), REDIS_URL "
             "(default redis://127.0.0.1:6379/0), KAFKA_TOPIC_REWARD_RAW / KAFKA_TOPIC_KPI_RAW / "
-            "KAFKA_TOPIC_SESSIONS (topic names). Flags override the environment."
+            "KAFKA_TOPIC_SESSIONS / OUTER_LATE_TOPIC (topic names). Flags override the environment."
         ),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ct = sub.add_parser(
         "create-topics",
-        help="create the three rewardloop topics (ok if they exist)",
-        description="Create recsys.reward.raw, recsys.kpi.raw and recsys.sessions (or --topic ...). "
+        help="create the rewardloop topics (ok if they exist)",
+        description="Create recsys.reward.raw, recsys.kpi.raw, recsys.sessions and recsys.sessions.late "
+        "(or --topic ...). "
         "Waits up to --wait seconds for the broker to answer first. Existing topics are left as they are.",
     )
     ct.add_argument("--bootstrap-servers", default=env.kafka_bootstrap_servers, help="default: %(default)s")

@@ -53,6 +53,11 @@ class RewardEvent(_Record):
     parts: RewardParts
     weights_version: int = Field(ge=0)
     scored_at_ms: int = Field(ge=0)
+    #: exploration slice (docs/architecture.md): the action id served, or None = the segment's weights
+    explore_action: int | None = Field(default=None, ge=0)
+    #: behaviour probability of what was served (slice / len(actions), or 1 - slice); None = no document
+    explore_probability: FiniteFloat | None = Field(default=None, gt=0.0, le=1.0)
+    exploration_version: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _default_segment(self) -> RewardEvent:
@@ -133,6 +138,12 @@ class SessionTuner(_Record):
     propensity: FiniteFloat
     explore: bool = False
     policy_version: int = 0
+    #: from the session's reward events (the scorer's exploration slice): the action id the session
+    #: was served with (its first step's; None = the segment's weights) and the document version
+    explore_action: int | None = None
+    exploration_version: int | None = None
+    #: True when action/propensity are the scorer's logged ones (else the controller's own estimate)
+    logged: bool = False
 
 
 class SessionRecord(_Record):

@@ -30,10 +30,17 @@ class KafkaSettings(_Base):
     kafka_topic_reward_raw: str = Field(default="recsys.reward.raw", min_length=1)
     kafka_topic_kpi_raw: str = Field(default="recsys.kpi.raw", min_length=1)
     kafka_topic_sessions: str = Field(default="recsys.sessions", min_length=1)
+    #: late / unattributed events of the outer controller (its OUTER_LATE_TOPIC)
+    outer_late_topic: str = Field(default="recsys.sessions.late", min_length=1)
 
     @property
     def all_topics(self) -> list[str]:
-        return [self.kafka_topic_reward_raw, self.kafka_topic_kpi_raw, self.kafka_topic_sessions]
+        return [
+            self.kafka_topic_reward_raw,
+            self.kafka_topic_kpi_raw,
+            self.kafka_topic_sessions,
+            self.outer_late_topic,
+        ]
 
 
 class RedisSettings(_Base):

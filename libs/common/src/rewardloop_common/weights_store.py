@@ -17,13 +17,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import redis
 import redis.asyncio as aredis
 from pydantic import TypeAdapter, ValidationError
 
+from .exploration import (
+    EXPLORATION_VERSION_KEY,
+    ExplorationAction,
+    ExplorationDocument,
+    exploration_key,
+)
 from .weights import (
     DEFAULT_SEGMENT,
     Segment,
@@ -52,6 +58,32 @@ redis.call('LPUSH', KEYS[3], doc)
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[2]) - 1)
 redis.call('PUBLISH', ARGV[3], '{"segment":' .. ARGV[4] .. ',"version":' .. v .. '}')
 return {v, doc}
+"""
+
+# The exploration document (docs/architecture.md, "Redis: exploration slice"), optionally together with
+# a weights document in ONE script, so the scorer never sees new weights with the old exploration grid.
+# KEYS[1] exploration version counter, KEYS[2] exploration key, KEYS[3] weights version counter,
+# KEYS[4] weights document key, KEYS[5] weights history list
+# ARGV[1] the exploration document after its version field, ARGV[2] channel, ARGV[3] the segment as a
+# JSON string, ARGV[4] the weights document after its version field ('' = no weights write),
+# ARGV[5] history cap
+PUSH_EXPLORATION_SCRIPT: Final = """
+local wv = 0
+local wdoc = false
+if ARGV[4] ~= '' then
+  wv = redis.call('INCR', KEYS[3])
+  wdoc = '{"version":' .. wv .. ARGV[4]
+  redis.call('SET', KEYS[4], wdoc)
+  redis.call('LPUSH', KEYS[5], wdoc)
+  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[5]) - 1)
+end
+local ev = redis.call('INCR', KEYS[1])
+local edoc = '{"version":' .. ev .. ARGV[1]
+redis.call('SET', KEYS[2], edoc)
+local msg = '{"segment":' .. ARGV[3] .. ',"exploration_version":' .. ev
+if wv ~= 0 then msg = msg .. ',"version":' .. wv end
+redis.call('PUBLISH', ARGV[2], msg .. '}')
+return {wv, wdoc, ev, edoc}
 """
 
 _segment_adapter: TypeAdapter[str] = TypeAdapter(Segment)
@@ -128,6 +160,7 @@ class WeightsStore:
         self.client = client
         self.history_cap = history_cap
         self._push = client.register_script(PUSH_SCRIPT)
+        self._push_exploration = client.register_script(PUSH_EXPLORATION_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> WeightsStore:
@@ -189,6 +222,49 @@ class WeightsStore:
     def segments(self) -> list[str]:
         return sorted(
             _text(k)[len(DOC_KEY_PREFIX) :] for k in self.client.scan_iter(match=DOC_KEY_PREFIX + "*")
+        )
+
+    # ------------------------------------------------------------------ exploration documents
+
+    def get_exploration(self, segment: str = DEFAULT_SEGMENT) -> ExplorationDocument | None:
+        """The segment's exploration document, ``None`` when absent; raises ``ValidationError``."""
+        raw = self.client.get(exploration_key(validate_segment(segment)))
+        return None if raw is None else ExplorationDocument.model_validate_json(raw)  # type: ignore[arg-type]
+
+    def push_exploration(
+        self,
+        segment: str,
+        slice_: float,
+        actions: Sequence[tuple[int, Weights]],
+        source: str,
+        weights: Weights | None = None,
+        reason: str = "",
+        now_ms: int | None = None,
+    ) -> tuple[WeightsDocument | None, ExplorationDocument]:
+        """Write a new exploration document (and, with ``weights``, a new weights document) atomically,
+        then announce both on the updates channel. Both are validated before the script runs."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        draft = ExplorationDocument(
+            version=1,
+            slice=slice_,
+            actions=[ExplorationAction(id=i, weights=w) for i, w in actions],
+            updated_at_ms=now,
+            source=source,
+        )
+        seg = validate_segment(segment)
+        body = draft.model_dump_json(exclude={"version"})
+        w_args: list[str] = ["", str(self.history_cap)]
+        w_keys = [VERSION_KEY, doc_key(seg), history_key(seg)]
+        if weights is not None:
+            keys, args = build_push_args(seg, weights, source, reason, now, self.history_cap)
+            w_args = [args[0], str(self.history_cap)]
+        wv, wdoc, _ev, edoc = self._push_exploration(
+            keys=[EXPLORATION_VERSION_KEY, exploration_key(seg), *w_keys],
+            args=["," + body[1:], UPDATES_CHANNEL, json.dumps(seg), *w_args],
+        )
+        return (
+            parse_document(wdoc) if int(wv) else None,
+            ExplorationDocument.model_validate_json(edoc),
         )
 
 

@@ -20,7 +20,8 @@ environment variables:
   OUTER_CONSUMER_GROUP          Kafka consumer group (default rewardloop-outer-controller)
   OUTER_UPDATE_BATCH_SESSIONS   closed sessions per segment per weight update (default 200)
   OUTER_LEARNING_RATE / OUTER_MAX_STEP      correlation rule step size and per-update cap (0.1 / 0.1)
-  OUTER_STATE_STORE             redis (durable sharded state, default) | memory (the earlier controller)
+  OUTER_STATE_STORE             redis (durable sharded state, default) | memory (same engine, state in RAM)
+  OUTER_STATE_LOG_MAX_BYTES     compact a shard's delta log into its snapshot past this size (64 MiB)
   OUTER_CLOCK                   wall (default) | event (per-partition event-time watermark only)
   OUTER_ALLOWED_LATENESS_SECONDS    late actions routed to their closed session (default 300)
   OUTER_ATTRIBUTION_WINDOW_SECONDS  delayed KPIs credited to a closed session (default 604800)
@@ -35,7 +36,7 @@ environment variables:
   OUTER_TUNER                   drlput (default) | correlation
   OUTER_MIN_SESSIONS            sessions before any push (default 10000)
   OUTER_SHADOW_MODE             true (default): log would-be weights, never push
-  OUTER_EXPLORE_FRACTION        exploration slice (default 0.005)
+  OUTER_EXPLORATION_SLICE       the scorer's exploration slice, published by the tuner (default 0.005)
   OUTER_KL_MAX                  KL(new||old) above this rolls back (default 0.3)
   OUTER_TUNER_LEVELS / OUTER_TUNER_LR / OUTER_TUNER_PER_SEGMENT   (10 / 0.5 / true)
   KAFKA_BOOTSTRAP_SERVERS       default 127.0.0.1:9092
@@ -65,11 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rewardloop_common.logging import configure_logging, get_logger
     from rewardloop_common.weights_store import WeightsStore
 
-    from .controller import OuterController
     from .engine import DurableController, make_tuner
     from .metrics import OuterMetrics
     from .settings import OuterSettings
-    from .state_store import RedisStateStore
+    from .state_store import MemoryStateStore, RedisStateStore, StateStore
 
     try:
         settings = OuterSettings()
@@ -95,18 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     producer = make_producer(settings.kafka_bootstrap_servers, client_id="rewardloop-outer")
     store = WeightsStore.from_url(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
-    controller: OuterController | DurableController
+    state: StateStore
     if settings.outer_state_store == "memory":
-        controller = OuterController(settings, consumer, producer, store, metrics)
+        state = MemoryStateStore(reader=store.client.get)  # KPI priorities stay re-targetable
     else:
-        controller = DurableController(
-            settings,
-            consumer,
-            producer,
-            RedisStateStore(store.client, settings.outer_consumer_group),
-            make_tuner(settings, store, metrics),
-            metrics,
-        )
+        state = RedisStateStore(store.client, settings.outer_consumer_group)
+    controller = DurableController(
+        settings, consumer, producer, state, make_tuner(settings, store, metrics), metrics
+    )
 
     stop = threading.Event()
 

@@ -32,6 +32,8 @@ import numpy as np
 from rewardloop_common.events import RewardEvent
 from rewardloop_common.logging import get_logger
 
+from .fastevents import Action
+
 log = get_logger("rewardloop.outer.credit")
 
 CHUNK = 512
@@ -58,7 +60,7 @@ def discounted_shares(n: int, gamma: float) -> list[float]:
     return [x / s for x in w]
 
 
-def step_features(actions: Sequence[RewardEvent]) -> np.ndarray:
+def step_features(actions: Sequence[Action | RewardEvent]) -> np.ndarray:
     n = len(actions)
     x = np.empty((n, len(FEATURES)), dtype=np.float64)
     for i, a in enumerate(actions):
@@ -146,7 +148,7 @@ class GatedAttentionModel:
         gate = 1.0 / (1.0 + np.exp(-(h @ self.U + self.b_u)))
         return (np.tanh(h @ self.V + self.b_v) * gate) @ self.w + self.c
 
-    def shares(self, actions: Sequence[RewardEvent]) -> list[float]:
+    def shares(self, actions: Sequence[Action | RewardEvent]) -> list[float]:
         n = len(actions)
         if n == 0:
             return []
@@ -198,7 +200,7 @@ class CreditAssigner:
     def name(self) -> str:
         return self.model.name if self.model is not None else "discounted"
 
-    def shares(self, actions: Sequence[RewardEvent]) -> list[float]:
+    def shares(self, actions: Sequence[Action | RewardEvent]) -> list[float]:
         if self.model is not None:
             try:
                 return self.model.shares(actions)

@@ -24,6 +24,7 @@ yet is produced again, byte-identical: consumers de-duplicate on ``(session_key,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
@@ -37,19 +38,24 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from rewardloop_common.events import KpiEvent, RewardEvent, SessionRecord
+from rewardloop_common.events import SessionRecord, SessionTuner
 from rewardloop_common.kpi_priorities import KPI_PRIORITIES_KEY
 from rewardloop_common.logging import get_logger
 
 from .business_reward import DEFAULT_PRIORITIES, KappaSchedule
 from .credit import CreditAssigner
+from .fastevents import parse_action, parse_kpi
 from .metrics import OuterMetrics
 from .records import RewardContext, build_record
 from .session_window import AddResult, SessionWindow
 from .settings import OuterSettings
-from .state_store import Fenced, RedisStateStore, ShardDelta
+from .state_store import Fenced, ShardDelta, StateStore
+from .tradeoff import TradeoffTracker
 
 log = get_logger("rewardloop.outer.engine")
+
+
+LAG_EXPORT_INTERVAL_S = 5.0
 
 
 def wall_ms() -> int:
@@ -68,6 +74,8 @@ class Shard:
     outbox_done: set[str] = field(default_factory=set)
     in_flight: set[str] = field(default_factory=set)
     ingest_ts: list[int] = field(default_factory=list)  # Kafka timestamps since the last checkpoint
+    log_bytes: int = 0  # size of the state's delta log since its last snapshot
+    snap_dirty: set[str] = field(default_factory=set)  # users changed since the last snapshot
 
     def meta(self) -> dict[str, Any]:
         w = self.window
@@ -100,7 +108,7 @@ class DurableController:
         settings: OuterSettings,
         consumer: Any,
         producer: Any,
-        state: RedisStateStore,
+        state: StateStore,
         tuner: Any | None = None,
         metrics: OuterMetrics | None = None,
         *,
@@ -143,6 +151,20 @@ class DurableController:
         self._idle_since: dict[tuple[str, int], float] = {}
         self.lag_samples: list[float] = []  # event (Kafka timestamp) -> durable state, ms (bench)
         self.record_lag = False
+        m = self.metrics
+        # labelled children resolved once: .labels() per record is a measurable cost at 10^4+/s
+        self._consumed_c = {
+            self.reward_topic: m.events_consumed.labels(topic=self.reward_topic),
+            self.kpi_topic: m.events_consumed.labels(topic=self.kpi_topic),
+        }
+        self._routed_c = {
+            self.reward_topic: m.routed_late.labels(kind="action"),
+            self.kpi_topic: m.routed_late.labels(kind="kpi"),
+        }
+        self._too_late_c = m.too_late.labels(kind="action")
+        self.tradeoff = TradeoffTracker(m)
+        self._last_lag = -math.inf
+        self._n_consumed = {self.reward_topic: 0, self.kpi_topic: 0}  # added to the counter per batch
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -204,7 +226,14 @@ class DurableController:
             if len(q) >= self.s.outer_max_queued and (m.topic(), m.partition()) not in self._paused:
                 self._pause(m.topic(), m.partition())
         handled = self._process_queues()
+        for topic, n in self._n_consumed.items():
+            if n:
+                self._consumed_c[topic].inc(n)
+                self._n_consumed[topic] = 0
         self.close_due(self.clock_now())
+        if t0 - self._last_lag >= LAG_EXPORT_INTERVAL_S:
+            self._export_lag()
+            self._last_lag = t0
         self.producer.poll(0)
         if (time.monotonic() - self._last_checkpoint) * 1000 >= self.s.outer_checkpoint_interval_ms:
             self.checkpoint_and_produce()
@@ -222,16 +251,25 @@ class DurableController:
         topics = (self.reward_topic, self.kpi_topic)
         for p, shard in list(self.shards.items()):
             qs = [self._queues.get((t, p)) or deque() for t in topics]
+            caught_up: dict[str, bool] = {}  # an empty queue's partition does not move in this pass
             while qs[0] or qs[1]:
                 if qs[0] and qs[1]:
                     i = 0 if _ts(qs[0][0]) <= _ts(qs[1][0]) else 1
                 else:
                     i = 0 if qs[0] else 1
                     other = topics[1 - i]
-                    if not self._caught_up(other, p, shard):
+                    ok = caught_up.get(other)
+                    if ok is None:
+                        ok = caught_up[other] = self._caught_up(other, p, shard)
+                    if not ok:
                         waited = self._idle_since.setdefault((other, p), time.monotonic())
                         if (time.monotonic() - waited) * 1000 < self.s.outer_max_idle_ms:
                             break
+                    elif not qs[1 - i]:
+                        # the common case: one topic only, the other caught up -- drain it in one go
+                        self._idle_since.pop((other, p), None)
+                        handled += self._drain(qs[i], p, shard, now)
+                        continue
                 self._idle_since.pop((topics[1 - i], p), None)
                 m = qs[i].popleft()
                 if self.handle(m.topic(), p, m.offset(), m.value(), now):
@@ -242,6 +280,31 @@ class DurableController:
                 if (t, p) in self._paused and len(q) < self.s.outer_max_queued // 2:
                     self._resume(t, p)
         return handled
+
+    def _drain(self, q: deque[Any], p: int, shard: Shard, now: int) -> int:
+        handled = 0
+        handle, lag = self.handle, self.record_lag
+        while q:
+            m = q.popleft()
+            if handle(m.topic(), p, m.offset(), m.value(), now):
+                handled += 1
+                if lag:
+                    shard.ingest_ts.append(_ts(m))
+        return handled
+
+    def _export_lag(self) -> None:
+        """``rewardloop_outer_consumer_lag_messages``: high watermark (the client's cached value,
+        refreshed with every fetch -- no broker round trip) minus the next offset the state reflects."""
+        for p, shard in self.shards.items():
+            for topic in (self.reward_topic, self.kpi_topic):
+                try:
+                    _lo, hi = self.consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                except (KafkaException, RuntimeError):
+                    continue
+                if hi is None or hi < 0:
+                    continue
+                lag = max(0, hi - shard.offsets.get(topic, 0))
+                self.metrics.consumer_lag.labels(topic=topic, partition=str(p)).set(lag)
 
     def _caught_up(self, topic: str, p: int, shard: Shard) -> bool:
         try:
@@ -265,15 +328,15 @@ class DurableController:
         if offset < shard.offsets.get(topic, 0):
             return False  # already in the state (replayed before the seek took effect)
         shard.offsets[topic] = offset + 1
-        self.metrics.events_consumed.labels(topic=topic).inc()
+        self._n_consumed[topic] += 1
         w = shard.window
         try:
             if value is None:
                 raise ValueError("empty record value")
             if topic == self.reward_topic:
-                result = w.add_action(RewardEvent.model_validate_json(value), now_ms)
+                result = w.add_action(parse_action(value), now_ms)
             elif topic == self.kpi_topic:
-                result = w.add_kpi(KpiEvent.model_validate_json(value), now_ms)
+                result = w.add_kpi(parse_kpi(value), now_ms)
             else:
                 raise ValueError(f"unexpected topic {topic}")
         except (ValidationError, ValueError, UnicodeDecodeError) as exc:
@@ -282,15 +345,17 @@ class DurableController:
                 "invalid record", topic=topic, partition=partition, offset=offset, error=str(exc)[:500]
             )
             return True
+        if result is AddResult.ADDED:
+            return True
         m = self.metrics
         if result is AddResult.DUPLICATE:
             m.duplicates.inc()
         elif result is AddResult.UNATTRIBUTED:
             m.kpi_unattributed.inc()
         elif result is AddResult.AMENDED:
-            m.routed_late.labels(kind="kpi" if topic == self.kpi_topic else "action").inc()
+            self._routed_c[topic].inc()
         elif result is AddResult.LATE:
-            m.too_late.labels(kind="action").inc()
+            self._too_late_c.inc()
         elif result is AddResult.PENDING:
             m.kpi_pending.inc()
         return True
@@ -299,13 +364,33 @@ class DurableController:
         for shard in self.shards.values():
             w = shard.window
             before_unattributed = w.unattributed_kpis
+            # revision 0 and an amendment of it can come out of one close_due(): the amendment's snapshot
+            # was taken before revision 0's tuner and baseline were stored on the session: take them from here
+            fresh_tuners: dict[str, SessionTuner] = {}
+            fresh_baselines: dict[str, float] = {}
             for closed in w.close_due(now_ms):
+                if closed.revision > 0 and closed.baseline is None:
+                    skey = closed.session_key
+                    if skey in fresh_baselines:
+                        closed = dataclasses.replace(closed, baseline=fresh_baselines[skey])
                 rec = build_record(closed, self.ctx, shard.baselines)
                 if rec.revision == 0:
+                    key_ms = closed.key_ms or closed.start_ms
                     if rec.baseline is not None:
-                        w.set_baseline(closed.user_id, closed.key_ms or closed.start_ms, rec.baseline)
+                        w.set_baseline(closed.user_id, key_ms, rec.baseline)
+                        fresh_baselines[rec.session_key] = rec.baseline
                     if self.tuner is not None:
-                        rec.tuner = self.tuner.behaviour(rec)
+                        rec.tuner = self.tuner.behaviour(rec, closed.actions[0] if closed.actions else None)
+                        # exclude_unset: the amendment then serialises byte-for-byte like revision 0
+                        w.set_tuner(
+                            closed.user_id, key_ms, rec.tuner.model_dump(mode="json", exclude_unset=True)
+                        )
+                        fresh_tuners[rec.session_key] = rec.tuner
+                    self.tradeoff.add(rec, closed.actions[0] if closed.actions else None)
+                elif closed.tuner is not None:
+                    rec.tuner = SessionTuner.model_validate(closed.tuner)
+                elif rec.session_key in fresh_tuners:
+                    rec.tuner = fresh_tuners[rec.session_key].model_copy()
                 rid = f"s:{rec.session_key}:{rec.revision}"
                 self._outbox_add(shard, rid, self.s.kafka_topic_sessions, rec.user_id, rec.to_json_bytes())
                 if rec.revision == 0:
@@ -335,16 +420,22 @@ class DurableController:
         """Write every shard's changes in one fenced transaction; ``False`` when it did not land."""
         self._last_checkpoint = time.monotonic()
         deltas: list[ShardDelta] = []
+        log_max = self.s.outer_state_log_max_bytes
         with self._lock:
             for shard in self.shards.values():
                 w = shard.window
                 d = ShardDelta(shard.partition, shard.epoch, meta=shard.meta())
-                for user in w.dirty:
-                    st = w.user_state(user)
-                    if st is None:
-                        d.users_del.append(user)
-                    else:
-                        d.users_set[user] = st
+                if w.dirty:
+                    d.log_append = w.delta()
+                if shard.log_bytes + len(d.log_append) > log_max:
+                    # compaction: the full state of every user changed since the last snapshot
+                    d.compact, d.log_append = True, b""
+                    for user in shard.snap_dirty | w.dirty:
+                        st = w.user_state(user)
+                        if st is None:
+                            d.users_del.append(user)
+                        else:
+                            d.users_set[user] = st
                 for rid in shard.outbox_new:
                     t, k, v = shard.outbox[rid]
                     d.outbox_set[rid] = _outbox_value(t, k, v)
@@ -375,7 +466,13 @@ class DurableController:
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         with self._lock:
             for shard, d in zip(list(self.shards.values()), deltas, strict=False):
-                shard.window.dirty.difference_update(d.users_set.keys(), d.users_del)
+                if d.compact:
+                    shard.snap_dirty.clear()
+                    shard.log_bytes = 0
+                else:
+                    shard.snap_dirty |= shard.window.dirty
+                    shard.log_bytes += len(d.log_append)
+                shard.window.commit_delta()
                 shard.outbox_new.difference_update(d.outbox_set.keys())
                 shard.outbox_done.difference_update(d.outbox_del)
                 for ts in shard.ingest_ts:
@@ -460,8 +557,7 @@ class DurableController:
     def _load_shard(self, p: int) -> Shard:
         snap = self.state.claim(p)
         w = self.new_window()
-        for user, raw in snap.users.items():
-            w.load_user(user, raw)
+        n_users = w.restore([*snap.users.values(), *snap.log])
         meta = snap.meta
         w.max_event_ms = int(meta.get("max_event_ms", 0))
         c = meta.get("counters", {})
@@ -471,7 +567,14 @@ class DurableController:
         w.unattributed_kpis = c.get("unattributed_kpis", 0)
         w.amendments = c.get("amendments", 0)
         shard = Shard(
-            p, w, snap.epoch, offsets=dict(meta.get("offsets", {})), baselines=dict(meta.get("baselines", {}))
+            p,
+            w,
+            snap.epoch,
+            offsets=dict(meta.get("offsets", {})),
+            baselines=dict(meta.get("baselines", {})),
+            log_bytes=snap.log_bytes,
+            # the log's users are not in the snapshot yet: the next compaction must include them
+            snap_dirty=set(w.users()) if snap.log else set(),
         )
         for rid, raw in snap.outbox.items():
             o = json.loads(raw)
@@ -480,7 +583,8 @@ class DurableController:
             "shard loaded",
             partition=p,
             epoch=snap.epoch,
-            users=len(snap.users),
+            users=n_users,
+            log_entries=len(snap.log),
             outbox=len(shard.outbox),
             offsets=shard.offsets,
         )
@@ -496,6 +600,10 @@ class DurableController:
         for p in revoked:
             self.shards.pop(p, None)
             for t in (self.reward_topic, self.kpi_topic):
+                try:
+                    self.metrics.consumer_lag.remove(t, str(p))
+                except KeyError:
+                    pass
                 self._queues.pop((t, p), None)
                 self._paused.discard((t, p))
                 self._idle_since.pop((t, p), None)
@@ -508,7 +616,7 @@ class DurableController:
             return
         self._last_priorities = now
         try:
-            raw = self.state.client.get(KPI_PRIORITIES_KEY)
+            raw = self.state.get(KPI_PRIORITIES_KEY)
         except (RedisError, OSError) as exc:
             log.warning("could not read KPI priorities", error=str(exc))
             return
@@ -550,7 +658,7 @@ def make_tuner(settings: OuterSettings, store: Any, metrics: OuterMetrics) -> An
         batch_sessions=settings.outer_update_batch_sessions,
         min_sessions=settings.outer_min_sessions,
         shadow=settings.outer_shadow_mode,
-        explore_fraction=settings.outer_explore_fraction,
+        explore_fraction=settings.outer_exploration_slice,
         kl_max=settings.outer_kl_max,
         levels=settings.outer_tuner_levels,
         lr=settings.outer_tuner_lr,

@@ -129,6 +129,62 @@ class OuterMetrics:
             ["segment"],
             registry=r,
         )
+        self.exploration_version = Gauge(
+            "rewardloop_outer_exploration_version",
+            "Version of the exploration document the tuner last published, by segment.",
+            ["segment"],
+            registry=r,
+        )
+        self.exploration_slice = Gauge(
+            "rewardloop_outer_exploration_slice",
+            "Exploration slice (share of users) of the document the tuner last published, by segment.",
+            ["segment"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "rewardloop_outer_consumer_lag_messages",
+            "Records behind the high watermark per input partition (high watermark - position).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        # trade-off panel: rolling means per (weights version, exploration action) -- bounded labels
+        self.tradeoff_clicks = Gauge(
+            "rewardloop_outer_tradeoff_clicks",
+            "Rolling mean clicks per session, by weights version and exploration action.",
+            ["version", "action"],
+            registry=r,
+        )
+        self.tradeoff_dwell = Gauge(
+            "rewardloop_outer_tradeoff_dwell_seconds",
+            "Rolling mean dwell seconds per session, by weights version and exploration action.",
+            ["version", "action"],
+            registry=r,
+        )
+        self.tradeoff_business = Gauge(
+            "rewardloop_outer_tradeoff_business_reward",
+            "Rolling mean business value per session, by weights version and exploration action.",
+            ["version", "action"],
+            registry=r,
+        )
+        self.tradeoff_sessions = Gauge(
+            "rewardloop_outer_tradeoff_sessions",
+            "Sessions in the rolling window of each trade-off point.",
+            ["version", "action"],
+            registry=r,
+        )
+        self.tradeoff_current = Gauge(
+            "rewardloop_outer_tradeoff_current",
+            "1 for the trade-off point of the current weights (newest version, action=current).",
+            ["version", "action"],
+            registry=r,
+        )
+        self.tradeoff_pareto = Gauge(
+            "rewardloop_outer_tradeoff_pareto",
+            "1 when no other trade-off point has at least as many clicks, dwell and business value "
+            "per session and more of one (the live Pareto frontier), else 0.",
+            ["version", "action"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "rewardloop_outer_build_info", "Build information (always 1).", ["version", "python"], registry=r
         )

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
-from rewardloop_common.events import RewardEvent
+
+class StepLike(Protocol):
+    @property
+    def event_time_ms(self) -> int: ...
+    @property
+    def position(self) -> int: ...
+    @property
+    def event_id(self) -> str: ...
 
 
-def step_order_key(ev: RewardEvent) -> tuple[int, int, str]:
+S = TypeVar("S", bound=StepLike)
+
+
+def step_order_key(ev: StepLike) -> tuple[int, int, str]:
     """Steps are ordered by ``(event_time_ms, position, event_id)`` (docs/architecture.md)."""
     return (ev.event_time_ms, ev.position, ev.event_id)
 
 
-def order_steps(events: Sequence[RewardEvent]) -> list[RewardEvent]:
+def order_steps(events: Sequence[S]) -> list[S]:
     return sorted(events, key=step_order_key)
 
 

@@ -33,29 +33,41 @@ Rules:
   :class:`LateEvent`. With ``W == 0`` (legacy) a KPI with no open session is unattributed at once.
 * Closed sessions are retained (for amendments and de-duplication) until the clock passes
   ``end + max(gap + lateness, W)``.
-* De-duplication by ``event_id``: against the user's open, retained and pending events, and against
-  the most recent ``dedup_capacity`` ids seen by this process.
-* Every event may carry its Kafka source ``(topic, partition, offset)``; :meth:`held_offsets` tells
-  the lowest offset per partition still held by an open session (the legacy commit protocol).
-* Durable state: every mutation marks the user *dirty*; :meth:`user_state` serialises one user's
-  state (``None`` = nothing left) and :meth:`load_user` restores it.
+* De-duplication by ``event_id`` against the user's open, retained and pending events -- bounded
+  (by the retention) and durable (it *is* the session state), so a replay after a crash de-duplicates
+  exactly as the uninterrupted run did. A duplicate of an event older than the retention is beyond
+  the allowed lateness anyway: it is reported again as the same late record (same outbox id).
+* Durable state, as *lines* (one JSON array each, newline-separated; events are stored as the
+  record's own JSON bytes, never re-serialised)::
+
+      ["h", user, {"o": meta | null, "r": [meta, ...]}]   the user's header (session metadata)
+      ["a", user, sid, {...action...}]                    an action of session ``sid``
+      ["k", user, sid, {...kpi...}]                       a KPI of session ``sid`` (0 = pending)
+      ["f", user]                                         forget the user (a full state follows)
+      ["d", user]                                         the user has no state left
+
+  :meth:`user_state` is one user's full state (header + every event line; ``None`` = nothing left);
+  :meth:`delta` is what changed since the last :meth:`commit_delta`: per dirty user its header and
+  the event lines *appended* since (a removal -- an expired session, a pending KPI moved into a
+  session -- writes the user's full state after an ``f`` line instead). :meth:`restore` replays a
+  snapshot and deltas in order. The engine appends one delta blob per checkpoint to a Redis list
+  and compacts it into a snapshot hash now and then (:mod:`.state_store`).
 """
 
 from __future__ import annotations
 
 import heapq
-import json
-from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from rewardloop_common.events import KpiEvent, RewardEvent
 
+from .fastevents import Action, Kpi, action_from_model, kpi_from_model
 from .returns import order_steps
-
-TopicPartition = tuple[str, int]
-Source = tuple[str, int, int]  # topic, partition, offset
 
 
 class AddResult(StrEnum):
@@ -73,31 +85,26 @@ class OpenSession:
     segment: str
     start_ms: int
     last_ms: int
-    actions: dict[str, RewardEvent] = field(default_factory=dict)
-    kpis: dict[str, KpiEvent] = field(default_factory=dict)
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    actions: dict[str, Action] = field(default_factory=dict)
+    kpis: dict[str, Kpi] = field(default_factory=dict)
     revision: int = 0
     closed_at_ms: int = 0
     amended: bool = False  # retained session changed since its last emitted revision
     key_ms: int = 0  # start_ms when first closed: the session_key stays fixed across amendments
     baseline: float | None = None  # the reward baseline of revision 0 (amendments reuse it)
+    tuner: dict[str, Any] | None = None  # revision 0's tuner behaviour (amendments carry it too)
+    sid: int = 1  # the session's number within its user's durable state
 
-    def hold(self, source: Source | None) -> None:
-        if source is None:
-            return
-        tp = (source[0], source[1])
-        prev = self.offsets.get(tp)
-        if prev is None or source[2] < prev:
-            self.offsets[tp] = source[2]
-
-    def add(self, ev: RewardEvent) -> None:
+    def add(self, ev: Action) -> None:
         self.actions[ev.event_id] = ev
-        self.start_ms = min(self.start_ms, ev.event_time_ms)
-        self.last_ms = max(self.last_ms, ev.event_time_ms)
+        if ev.event_time_ms < self.start_ms:
+            self.start_ms = ev.event_time_ms
+        if ev.event_time_ms > self.last_ms:
+            self.last_ms = ev.event_time_ms
 
-    def to_json(self) -> dict[str, Any]:
+    def meta(self) -> dict[str, Any]:
         return {
-            "u": self.user_id,
+            "i": self.sid,
             "g": self.segment,
             "s": self.start_ms,
             "l": self.last_ms,
@@ -106,31 +113,24 @@ class OpenSession:
             "m": self.amended,
             "q": self.key_ms,
             "b": self.baseline,
-            "a": [_event_json(e) for e in self.actions.values()],
-            "k": [_event_json(k) for k in self.kpis.values()],
+            "t": self.tuner,
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> OpenSession:
-        actions = [RewardEvent.model_validate(a) for a in d["a"]]
-        kpis = [KpiEvent.model_validate(k) for k in d["k"]]
+    def from_meta(cls, user_id: str, d: dict[str, Any]) -> OpenSession:
         return cls(
-            user_id=d["u"],
+            user_id=user_id,
             segment=d["g"],
             start_ms=d["s"],
             last_ms=d["l"],
-            actions={a.event_id: a for a in actions},
-            kpis={k.event_id: k for k in kpis},
             revision=d["v"],
             closed_at_ms=d["c"],
             amended=d["m"],
             key_ms=d["q"],
             baseline=d.get("b"),
+            tuner=d.get("t"),
+            sid=d["i"],
         )
-
-
-def _event_json(ev: RewardEvent | KpiEvent) -> dict[str, Any]:
-    return ev.model_dump(mode="json")
 
 
 @dataclass(frozen=True)
@@ -140,12 +140,12 @@ class ClosedSession:
     start_ms: int
     end_ms: int
     closed_at_ms: int
-    actions: list[RewardEvent]  # ordered by (event_time_ms, position, event_id)
-    kpis: list[KpiEvent]
-    offsets: dict[TopicPartition, int]
+    actions: list[Action]  # ordered by (event_time_ms, position, event_id)
+    kpis: list[Kpi]
     revision: int = 0
     key_ms: int = 0  # the start_ms that names the session (0: start_ms)
     baseline: float | None = None  # revision 0's reward baseline (set for amendments)
+    tuner: dict[str, Any] | None = None  # revision 0's tuner behaviour (set for amendments)
 
     @property
     def session_key(self) -> str:
@@ -166,7 +166,7 @@ class LateEvent:
     event: dict[str, Any]
 
     def to_json_bytes(self) -> bytes:
-        return json.dumps(
+        return orjson.dumps(
             {
                 "kind": self.kind,
                 "reason": self.reason,
@@ -175,9 +175,8 @@ class LateEvent:
                 "event_time_ms": self.event_time_ms,
                 "clock_ms": self.clock_ms,
                 "event": self.event,
-            },
-            separators=(",", ":"),
-        ).encode("utf-8")
+            }
+        )
 
 
 def session_key(user_id: str, start_ms: int) -> str:
@@ -185,26 +184,14 @@ def session_key(user_id: str, start_ms: int) -> str:
     return f"{user_id}:{start_ms}"
 
 
-class _RecentIds:
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._ids
-
-    def add(self, key: str) -> None:
-        self._ids[key] = None
-        self._ids.move_to_end(key)
-        while len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
+def _event_line(kind: bytes, uj: bytes, sid: int, raw: bytes) -> bytes:
+    return b'["' + kind + b'",' + uj + b"," + str(sid).encode() + b"," + raw + b"]"
 
 
 class SessionWindow:
     def __init__(
         self,
         gap_ms: int,
-        dedup_capacity: int = 200_000,
         *,
         allowed_lateness_ms: int | None = None,
         attribution_window_ms: int = 0,
@@ -227,13 +214,14 @@ class SessionWindow:
         self._open_heap: list[tuple[int, str]] = []  # (last_ms, user) lazily invalidated
         self._retained: dict[str, list[OpenSession]] = {}
         self._retained_heap: list[tuple[int, str]] = []  # (expiry clock, user) lazily invalidated
-        self._pending: dict[str, dict[str, KpiEvent]] = {}
+        self._pending: dict[str, dict[str, Kpi]] = {}
         self._pending_heap: list[tuple[int, str, str]] = []  # (settle clock, user, kpi id)
         self._closed: list[ClosedSession] = []  # closed by add_action, returned by the next close_due
         self._late: list[LateEvent] = []
-        self._seen_actions = _RecentIds(dedup_capacity)
-        self._seen_kpis = _RecentIds(dedup_capacity)
-        self.dirty: set[str] = set()
+        self.dirty: set[str] = set()  # users changed since the last commit_delta
+        self._appended: dict[str, list[bytes]] = {}  # event lines appended since then, per user
+        self._rewrite: set[str] = set()  # users whose full state the next delta writes
+        self._uj: dict[str, bytes] = {}  # user id -> its JSON string (lines), for dirty users
         self._amended_users: set[str] = set()  # users with a retained session amended since emission
         self.unattributed_kpis = 0
         self.duplicates = 0
@@ -265,16 +253,6 @@ class SessionWindow:
     def retained_sessions(self, user_id: str) -> list[OpenSession]:
         return list(self._retained.get(user_id, []))
 
-    def held_offsets(self) -> dict[TopicPartition, int]:
-        """Lowest Kafka offset per partition still held by an open (or closed, not yet returned) session."""
-        held: dict[TopicPartition, int] = {}
-        sessions: list[OpenSession | ClosedSession] = [*self._open.values(), *self._closed]
-        for s in sessions:
-            for tp, off in s.offsets.items():
-                if tp not in held or off < held[tp]:
-                    held[tp] = off
-        return held
-
     def set_baseline(self, user_id: str, key_ms: int, baseline: float) -> None:
         """Remember revision 0's reward baseline on the retained session (amendments reuse it)."""
         for r in self._retained.get(user_id, ()):
@@ -282,19 +260,51 @@ class SessionWindow:
                 r.baseline = baseline
                 self.dirty.add(user_id)
 
+    def set_tuner(self, user_id: str, key_ms: int, tuner: dict[str, Any]) -> None:
+        """Remember revision 0's tuner behaviour on the retained session: every revision is the complete
+        session, so amendments carry the same ``tuner`` field (whether a delayed KPI lands in revision 0
+        or in an amendment depends on cross-topic timing; the field must not)."""
+        for r in self._retained.get(user_id, ()):
+            if r.key_ms == key_ms:
+                r.tuner = tuner
+                self.dirty.add(user_id)
+
     def drain_late(self) -> list[LateEvent]:
         out, self._late = self._late, []
         return out
 
+    # ------------------------------------------------------------------------ change tracking
+
+    def _append(self, user: str, sid: int, kind: bytes, raw: bytes) -> None:
+        self.dirty.add(user)
+        if user not in self._rewrite:
+            uj = self._uj.get(user)
+            if uj is None:
+                uj = self._uj[user] = orjson.dumps(user)
+            self._appended.setdefault(user, []).append(_event_line(kind, uj, sid, raw))
+
+    def _mark_rewrite(self, user: str) -> None:
+        self.dirty.add(user)
+        self._rewrite.add(user)
+        self._appended.pop(user, None)
+
+    def _new_sid(self, user: str) -> int:
+        o = self._open.get(user)
+        top = o.sid if o is not None else 0
+        for r in self._retained.get(user, ()):
+            top = max(top, r.sid)
+        return top + 1
+
     # ------------------------------------------------------------------------------------- updates
 
-    def _is_duplicate_action(self, ev: RewardEvent) -> bool:
-        if ev.event_id in self._seen_actions:
+    def _is_duplicate_action(self, user: str, eid: str) -> bool:
+        s = self._open.get(user)
+        if s is not None and eid in s.actions:
             return True
-        s = self._open.get(ev.user_id)
-        if s is not None and ev.event_id in s.actions:
-            return True
-        return any(ev.event_id in r.actions for r in self._retained.get(ev.user_id, ()))
+        for r in self._retained.get(user, ()):
+            if eid in r.actions:
+                return True
+        return False
 
     def _too_late(self, t: int, clock: int) -> bool:
         return self.lateness_ms is not None and clock - t > self.gap_ms + self.lateness_ms
@@ -308,19 +318,19 @@ class SessionWindow:
                 best = r
         return best
 
-    def add_action(self, ev: RewardEvent, now_ms: int, source: Source | None = None) -> AddResult:
-        if self._is_duplicate_action(ev):
+    def add_action(self, ev: Action | RewardEvent, now_ms: int) -> AddResult:
+        if not isinstance(ev, Action):
+            ev = action_from_model(ev)
+        user = ev.user_id
+        if self._is_duplicate_action(user, ev.event_id):
             self.duplicates += 1
             return AddResult.DUPLICATE
-        self._seen_actions.add(ev.event_id)
         t = ev.event_time_ms
-        self.max_event_ms = max(self.max_event_ms, t)
-        clock = self.clock(now_ms)
-        user = ev.user_id
-        if (
-            self._open_heap
-            and clock - self._open_heap[0][0] > self.gap_ms
-            or (self._pending_heap and clock > self._pending_heap[0][0])
+        if t > self.max_event_ms:
+            self.max_event_ms = t
+        clock = self.max_event_ms if self.max_event_ms >= now_ms else int(now_ms)
+        if (self._open_heap and clock - self._open_heap[0][0] > self.gap_ms) or (
+            self._pending_heap and clock > self._pending_heap[0][0]
         ):
             self._advance(clock)
         s = self._open.get(user)
@@ -331,10 +341,9 @@ class SessionWindow:
         if s is not None and t >= s.start_ms - self.gap_ms:
             last = s.last_ms
             s.add(ev)
-            s.hold(source)
             if s.last_ms != last:
                 heapq.heappush(self._open_heap, (s.last_ms, user))
-            self.dirty.add(user)
+            self._append(user, s.sid, b"a", ev.raw)
             return AddResult.ADDED
         # before the open session's span, or no open session
         if self.retain:
@@ -344,31 +353,32 @@ class SessionWindow:
                 r.add(ev)
                 r.amended = True
                 self._amended_users.add(user)
-                self.dirty.add(user)
+                self._append(user, r.sid, b"a", ev.raw)
                 return AddResult.AMENDED
         if self._too_late(t, clock):
             self.too_late_actions += 1
             self._late.append(
-                LateEvent("action", "beyond_allowed_lateness", user, ev.event_id, t, clock, _event_json(ev))
+                LateEvent("action", "beyond_allowed_lateness", user, ev.event_id, t, clock, ev.as_dict())
             )
             return AddResult.LATE
         if s is None:
-            s = OpenSession(user, ev.segment, t, t)
+            s = OpenSession(user, ev.segment, t, t, sid=self._new_sid(user))
             s.add(ev)
-            s.hold(source)
             self._open[user] = s
             heapq.heappush(self._open_heap, (t, user))
-            self.dirty.add(user)
+            self._append(user, s.sid, b"a", ev.raw)
             return AddResult.ADDED
         self.late_actions += 1
-        late = OpenSession(user, ev.segment, t, t, {ev.event_id: ev})
-        late.hold(source)
+        late = OpenSession(user, ev.segment, t, t, {ev.event_id: ev}, sid=self._new_sid(user))
+        self._append(user, late.sid, b"a", ev.raw)
         self._close_into(late, clock)
         return AddResult.ADDED
 
-    def add_kpi(self, ev: KpiEvent, now_ms: int, source: Source | None = None) -> AddResult:
+    def add_kpi(self, ev: Kpi | KpiEvent, now_ms: int) -> AddResult:
+        if not isinstance(ev, Kpi):
+            ev = kpi_from_model(ev)
         user = ev.user_id
-        if ev.event_id in self._seen_kpis or self._kpi_known(user, ev.event_id):
+        if self._kpi_known(user, ev.event_id):
             self.duplicates += 1
             return AddResult.DUPLICATE
         if self.attribution_ms == 0:  # legacy: the open session or nothing
@@ -376,19 +386,16 @@ class SessionWindow:
             if s is None:
                 self.unattributed_kpis += 1
                 return AddResult.UNATTRIBUTED
-            self._seen_kpis.add(ev.event_id)
             s.kpis[ev.event_id] = ev
-            s.hold(source)
-            self.dirty.add(user)
+            self._append(user, s.sid, b"k", ev.raw)
             return AddResult.ADDED
-        self._seen_kpis.add(ev.event_id)
-        self.dirty.add(user)
         clock = self.clock(now_ms)
-        result = self._attribute(ev, source, settled=clock > ev.event_time_ms + self.kpi_settle_ms)
+        result = self._attribute(ev, settled=clock > ev.event_time_ms + self.kpi_settle_ms)
         if result is AddResult.PENDING:
             self._pending.setdefault(user, {})[ev.event_id] = ev
             heapq.heappush(self._pending_heap, (ev.event_time_ms + self.kpi_settle_ms, user, ev.event_id))
             self.kpis_pending += 1
+            self._append(user, 0, b"k", ev.raw)
         elif result is AddResult.UNATTRIBUTED:
             self._unattributed(ev, clock)
         return result
@@ -401,57 +408,70 @@ class SessionWindow:
             return True
         return any(kpi_id in r.kpis for r in self._retained.get(user, ()))
 
-    def _attribute(self, ev: KpiEvent, source: Source | None, settled: bool) -> AddResult:
+    def _attribute(self, ev: Kpi, settled: bool, moved: bool = False) -> AddResult:
         """The session a KPI at ``tk`` belongs to: the user's latest session with
         ``start - gap/2 <= tk``, if ``tk <= last + gap/2`` (open) or ``tk <= last + W`` (closed).
 
         Before the KPI is *settled* (the clock passed ``tk + 2*gap + lateness``, so every action that
         could start such a session has been seen) only the unambiguous cases are decided at once; the
         rest waits (``PENDING``). The answer then does not depend on how the action and KPI topics
-        interleave when they are consumed (a replay, a rebalance give the same sessions)."""
+        interleave when they are consumed (a replay, a rebalance give the same sessions).
+        ``moved``: the KPI was pending (its state line moves: the user's full state is rewritten)."""
         tk = ev.event_time_ms
         half = self.gap_ms // 2
-        s = self._open.get(ev.user_id)
+        user = ev.user_id
+        s = self._open.get(user)
         if s is not None and s.start_ms - half <= tk and (settled or tk <= s.last_ms + half):
             s.kpis[ev.event_id] = ev
-            s.hold(source)
+            self._kpi_line(user, s.sid, ev, moved)
             return AddResult.ADDED
         if settled or (s is not None and tk < s.start_ms - half):
-            r = self._find_retained(ev.user_id, half, tk, self.attribution_ms)
+            r = self._find_retained(user, half, tk, self.attribution_ms)
             if r is not None:
                 r.kpis[ev.event_id] = ev
                 r.amended = True
-                self._amended_users.add(ev.user_id)
+                self._amended_users.add(user)
+                self._kpi_line(user, r.sid, ev, moved)
                 return AddResult.AMENDED
         return AddResult.UNATTRIBUTED if settled else AddResult.PENDING
 
-    def _unattributed(self, ev: KpiEvent, clock: int) -> None:
+    def _kpi_line(self, user: str, sid: int, ev: Kpi, moved: bool) -> None:
+        if moved:
+            self._mark_rewrite(user)
+        else:
+            self._append(user, sid, b"k", ev.raw)
+
+    def _unattributed(self, ev: Kpi, clock: int) -> None:
         self.unattributed_kpis += 1
         self._late.append(
-            LateEvent(
-                "kpi", "unattributed", ev.user_id, ev.event_id, ev.event_time_ms, clock, _event_json(ev)
-            )
+            LateEvent("kpi", "unattributed", ev.user_id, ev.event_id, ev.event_time_ms, clock, ev.as_dict())
         )
 
     def _close_into(self, s: OpenSession, clock: int) -> None:
         """Close ``s`` (taking the user's pending KPIs it covers), queue its record, retain it."""
-        pending = self._pending.get(s.user_id)
+        user = s.user_id
+        pending = self._pending.get(user)
         if pending:
             half = self.gap_ms // 2
             lo, hi = s.start_ms - half, s.last_ms + half
-            for kid in [k for k, kp in pending.items() if lo <= kp.event_time_ms <= hi]:
+            taken = [k for k, kp in pending.items() if lo <= kp.event_time_ms <= hi]
+            for kid in taken:
                 s.kpis[kid] = pending.pop(kid)
             if not pending:
-                del self._pending[s.user_id]
+                del self._pending[user]
+            if taken:
+                self._mark_rewrite(user)
         s.closed_at_ms = clock
         if not s.key_ms:
             s.key_ms = s.start_ms
         self._closed.append(self._snapshot(s, clock))
-        self.dirty.add(s.user_id)
+        self.dirty.add(user)
         if self.retain:
             s.amended = False
-            self._retained.setdefault(s.user_id, []).append(s)
-            heapq.heappush(self._retained_heap, (s.last_ms + self.retention_ms, s.user_id))
+            self._retained.setdefault(user, []).append(s)
+            heapq.heappush(self._retained_heap, (s.last_ms + self.retention_ms, user))
+        else:
+            self._mark_rewrite(user)  # its events leave the state
 
     def _advance(self, clock: int) -> None:
         """Close the sessions the clock made due (into ``_closed``) and settle pending KPIs.
@@ -495,8 +515,8 @@ class SessionWindow:
                 continue
             if not pending:
                 self._pending.pop(user, None)
-            self.dirty.add(user)
-            if self._attribute(ev, None, settled=True) is AddResult.UNATTRIBUTED:
+            self._mark_rewrite(user)
+            if self._attribute(ev, settled=True, moved=True) is AddResult.UNATTRIBUTED:
                 self._unattributed(ev, clock)
 
     def _emit_amendments(self, clock: int) -> list[ClosedSession]:
@@ -528,7 +548,7 @@ class SessionWindow:
                 if r.amended and clock > r.last_ms + self.retention_ms:
                     self._closed.append(self._amend(r, clock))  # emit before forgetting it
             if len(keep) != len(sessions):
-                self.dirty.add(user)
+                self._mark_rewrite(user)
             if keep:
                 self._retained[user] = keep
             else:
@@ -545,58 +565,121 @@ class SessionWindow:
         out.sort(key=lambda c: (c.end_ms, c.session_key, c.revision))
         return out
 
-    def drop_partitions(self, partitions: set[TopicPartition]) -> int:
-        """Forget open sessions holding events of ``partitions`` (revoked in a rebalance): the new
-        owner re-reads them from the committed offsets. Returns how many sessions were dropped."""
-        doomed = [u for u, s in self._open.items() if partitions & s.offsets.keys()]
-        for u in doomed:
-            del self._open[u]
-        before = len(self._closed)
-        self._closed = [c for c in self._closed if not (partitions & c.offsets.keys())]
-        return len(doomed) + before - len(self._closed)
-
     # --------------------------------------------------------------------------- durable state
 
-    def user_state(self, user_id: str) -> str | None:
-        """One user's state as JSON (open session, retained sessions, pending KPIs); ``None`` = empty."""
-        o = self._open.get(user_id)
-        r = self._retained.get(user_id)
-        p = self._pending.get(user_id)
-        if o is None and not r and not p:
-            return None
-        return json.dumps(
-            {
-                "o": None if o is None else o.to_json(),
-                "r": [x.to_json() for x in r or ()],
-                "p": [_event_json(k) for k in (p or {}).values()],
-            },
-            separators=(",", ":"),
+    def _header_line(self, user: str, uj: bytes) -> bytes:
+        o = self._open.get(user)
+        return (
+            b'["h",'
+            + uj
+            + b","
+            + orjson.dumps(
+                {
+                    "o": None if o is None else o.meta(),
+                    "r": [r.meta() for r in self._retained.get(user, ())],
+                }
+            )
+            + b"]"
         )
 
-    def load_user(self, user_id: str, raw: str | bytes) -> None:
-        d = json.loads(raw)
-        if d["o"] is not None:
-            s = OpenSession.from_json(d["o"])
-            self._open[user_id] = s
-            heapq.heappush(self._open_heap, (s.last_ms, user_id))
-            for a in s.actions:
-                self._seen_actions.add(a)
-            for kid in s.kpis:
-                self._seen_kpis.add(kid)
-        if d["r"]:
-            rs = [OpenSession.from_json(x) for x in d["r"]]
-            self._retained[user_id] = rs
+    def _has_state(self, user: str) -> bool:
+        return user in self._open or bool(self._retained.get(user)) or bool(self._pending.get(user))
+
+    def _full_lines(self, user: str, uj: bytes) -> list[bytes]:
+        lines = [self._header_line(user, uj)]
+        o = self._open.get(user)
+        for s in ([o] if o is not None else []) + list(self._retained.get(user, ())):
+            lines.extend(_event_line(b"a", uj, s.sid, a.raw) for a in s.actions.values())
+            lines.extend(_event_line(b"k", uj, s.sid, k.raw) for k in s.kpis.values())
+        lines.extend(_event_line(b"k", uj, 0, k.raw) for k in self._pending.get(user, {}).values())
+        return lines
+
+    def users(self) -> set[str]:
+        """Every user with state."""
+        return {*self._open, *self._retained, *self._pending}
+
+    def user_state(self, user_id: str) -> bytes | None:
+        """One user's full state (newline-separated lines); ``None`` = nothing left."""
+        if not self._has_state(user_id):
+            return None
+        return b"\n".join(self._full_lines(user_id, orjson.dumps(user_id)))
+
+    def delta(self, users: Iterable[str] | None = None) -> bytes:
+        """The lines that bring a store from the last committed delta to now (see the module doc)."""
+        lines: list[bytes] = []
+        for user in self.dirty if users is None else users:
+            uj = self._uj.get(user) or orjson.dumps(user)
+            if not self._has_state(user):
+                lines.append(b'["d",' + uj + b"]")
+            elif user in self._rewrite:
+                lines.append(b'["f",' + uj + b"]")
+                lines.extend(self._full_lines(user, uj))
+            else:
+                lines.append(self._header_line(user, uj))
+                lines.extend(self._appended.get(user, ()))
+        return b"\n".join(lines)
+
+    def commit_delta(self) -> None:
+        """The last :meth:`delta` is durable: start tracking changes afresh."""
+        self.dirty.clear()
+        self._appended.clear()
+        self._rewrite.clear()
+        self._uj.clear()
+
+    def restore(self, blobs: Iterable[bytes]) -> int:
+        """Rebuild the state from blobs of lines (a snapshot's user states, then deltas, in order).
+        Returns the number of users restored."""
+        headers: dict[str, dict[str, Any]] = {}
+        events: dict[str, list[tuple[str, int, dict[str, Any], bytes]]] = {}
+        for blob in blobs:
+            if not blob:
+                continue
+            for line in blob.split(b"\n"):
+                x = orjson.loads(line)
+                op, user = x[0], x[1]
+                if op == "h":
+                    headers[user] = x[2]
+                elif op in ("a", "k"):
+                    # the event's own bytes, exactly as stored: '["a",' user ',' sid ',' raw ']'
+                    start = 6 + len(orjson.dumps(user)) + len(str(x[2])) + 1
+                    events.setdefault(user, []).append((op, x[2], x[3], line[start:-1]))
+                elif op in ("f", "d"):
+                    headers.pop(user, None)
+                    events.pop(user, None)
+                else:
+                    raise ValueError(f"unknown state line op {op!r}")
+        for user, h in headers.items():
+            self._load(user, h, events.get(user, []))
+        return len(headers)
+
+    def load_user(self, user_id: str, raw: bytes) -> None:
+        self.restore([raw])
+
+    def _load(self, user: str, h: dict[str, Any], evs: list[tuple[str, int, dict[str, Any], bytes]]) -> None:
+        sessions: dict[int, OpenSession] = {}
+        if h["o"] is not None:
+            s = OpenSession.from_meta(user, h["o"])
+            sessions[s.sid] = s
+            self._open[user] = s
+            heapq.heappush(self._open_heap, (s.last_ms, user))
+        rs = [OpenSession.from_meta(user, m) for m in h["r"]]
+        for r in rs:
+            sessions[r.sid] = r
+            heapq.heappush(self._retained_heap, (r.last_ms + self.retention_ms, user))
+        if rs:
+            self._retained[user] = rs
             if any(r.amended for r in rs):
-                self._amended_users.add(user_id)
-            for r in rs:
-                heapq.heappush(self._retained_heap, (r.last_ms + self.retention_ms, user_id))
-        if d["p"]:
-            kp = [KpiEvent.model_validate(x) for x in d["p"]]
-            self._pending[user_id] = {k.event_id: k for k in kp}
-            for k in kp:
-                heapq.heappush(
-                    self._pending_heap, (k.event_time_ms + self.kpi_settle_ms, user_id, k.event_id)
-                )
+                self._amended_users.add(user)
+        for op, sid, d, raw in evs:
+            if op == "a":
+                sessions[sid].actions[d["event_id"]] = Action(d, raw)
+                continue
+            k = Kpi(KpiEvent.model_validate(d), raw)
+            if sid:
+                sessions[sid].kpis[k.event_id] = k
+            else:
+                self._pending.setdefault(user, {})[k.event_id] = k
+                heapq.heappush(self._pending_heap, (k.event_time_ms + self.kpi_settle_ms, user, k.event_id))
 
     @staticmethod
     def _snapshot(s: OpenSession, clock: int) -> ClosedSession:
@@ -610,10 +693,8 @@ class SessionWindow:
             closed_at_ms=clock,
             actions=actions,
             kpis=kpis,
-            offsets=dict(s.offsets),
             revision=s.revision,
             key_ms=s.key_ms,
             baseline=s.baseline,
+            tuner=s.tuner,
         )
-
-    _close = _snapshot  # backwards-compatible name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from rewardloop_common.settings import CommonSettings
 
@@ -21,7 +21,7 @@ class OuterSettings(CommonSettings):
     outer_max_step: float = Field(default=0.1, ge=0.0, allow_inf_nan=False)
 
     # --- state, time and lateness (issue #4) ---
-    #: redis = durable sharded state (engine.py); memory = the earlier in-memory controller
+    #: redis = durable state in Redis; memory = the same engine with the state in process memory
     outer_state_store: Literal["redis", "memory"] = "redis"
     #: wall: clock = max(partition watermark, wall clock); event: the partition watermark only
     outer_clock: Literal["wall", "event"] = "wall"
@@ -29,6 +29,8 @@ class OuterSettings(CommonSettings):
     outer_attribution_window_seconds: float = Field(default=7 * 86_400.0, ge=0, allow_inf_nan=False)
     outer_late_topic: str = Field(default="recsys.sessions.late", min_length=1)
     outer_checkpoint_interval_ms: int = Field(default=100, ge=0)
+    #: a shard's delta log is compacted into its snapshot when it would grow past this many bytes
+    outer_state_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     #: merge of a shard's two input partitions: wait at most this long for an idle, lagging one
     outer_max_idle_ms: int = Field(default=2000, ge=0)
     #: 0 = unlimited; else a cap on consumed records per second (catch-up throttle)
@@ -52,7 +54,14 @@ class OuterSettings(CommonSettings):
     outer_tuner: Literal["drlput", "correlation"] = "drlput"
     outer_min_sessions: int = Field(default=10_000, ge=1)
     outer_shadow_mode: bool = True
-    outer_explore_fraction: float = Field(default=0.005, ge=0.0, le=1.0)
+    #: the scorer's exploration slice (share of users served an exploration action; contract max 0.2;
+    #: 0 = no exploration document). OUTER_EXPLORE_FRACTION is the earlier name.
+    outer_exploration_slice: float = Field(
+        default=0.005,
+        ge=0.0,
+        le=0.2,
+        validation_alias=AliasChoices("outer_exploration_slice", "outer_explore_fraction"),
+    )
     outer_kl_max: float = Field(default=0.3, gt=0.0)
     outer_tuner_levels: int = Field(default=10, ge=2, le=100)
     outer_tuner_lr: float = Field(default=0.5, gt=0.0)

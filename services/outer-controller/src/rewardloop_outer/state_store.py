@@ -1,25 +1,33 @@
-"""Durable session state in Redis: one *shard* per input partition number.
+"""Durable session state: one *shard* per input partition number, in Redis (or in memory).
 
 Keys (``<g>`` = the consumer group, ``<p>`` = the partition number shared by ``recsys.reward.raw`` and
 ``recsys.kpi.raw``)::
 
-    rewardloop:outer:<g>:p<p>:users   HASH user_id -> user state (open/retained sessions, pending KPIs)
+    rewardloop:outer:<g>:p<p>:users   HASH user_id -> the user's full state (a snapshot)
+    rewardloop:outer:<g>:p<p>:log     LIST of delta blobs appended since that snapshot, oldest first
     rewardloop:outer:<g>:p<p>:meta    JSON {offsets: {topic: next offset}, max_event_ms, baselines, ...}
     rewardloop:outer:<g>:p<p>:outbox  HASH record id -> JSON {t, k, v}: output not yet acknowledged
     rewardloop:outer:<g>:p<p>:epoch   int: fencing token, INCR by every new owner of the shard
 
-A checkpoint writes every dirty user, the meta (with the input offsets the state reflects) and the
-outbox changes of all owned shards in ONE ``MULTI/EXEC`` transaction guarded by ``WATCH`` on the
-epochs: it lands completely or not at all, and a process that lost a shard in a rebalance (its epoch
-is stale) cannot overwrite the new owner's state (:class:`Fenced`).
+State = the snapshot, then every log blob in order (the line format: :mod:`.session_window`). A
+checkpoint appends ONE blob per shard (the lines of the users that changed: their header and only the
+events added since -- a delta, not the users' whole state) and writes the meta (with the input offsets
+the state reflects) and the outbox changes of all owned shards in ONE ``MULTI/EXEC`` guarded by
+``WATCH`` on the epochs: it lands completely or not at all, and a process that lost a shard in a
+rebalance (its epoch is stale) cannot overwrite the new owner's state (:class:`Fenced`). When a shard's
+log passes ``OUTER_STATE_LOG_MAX_BYTES`` the checkpoint *compacts* instead: the full states of the users
+changed since the last snapshot go into the hash and the log is deleted -- in the same transaction.
+
+:class:`MemoryStateStore` keeps the same structures in process memory (``OUTER_STATE_STORE=memory``:
+tests, demos; nothing survives the process).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from redis.exceptions import WatchError
@@ -33,23 +41,42 @@ def _prefix(group: str, partition: int) -> str:
     return f"rewardloop:outer:{group}:p{partition}:"
 
 
+def _str(k: bytes | str) -> str:
+    return k.decode() if isinstance(k, bytes) else k
+
+
 @dataclass
 class ShardSnapshot:
     users: dict[str, bytes]
+    log: list[bytes]
     meta: dict[str, Any]
     outbox: dict[str, bytes]
     epoch: int
+
+    @property
+    def log_bytes(self) -> int:
+        return sum(len(b) for b in self.log)
 
 
 @dataclass
 class ShardDelta:
     partition: int
     epoch: int
-    users_set: dict[str, str] = field(default_factory=dict)
+    log_append: bytes = b""  # one delta blob (empty: nothing changed)
+    compact: bool = False  # write users_set/users_del into the snapshot and drop the log
+    users_set: dict[str, bytes] = field(default_factory=dict)
     users_del: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     outbox_set: dict[str, bytes] = field(default_factory=dict)
     outbox_del: list[str] = field(default_factory=list)
+
+
+class StateStore(Protocol):
+    def claim(self, partition: int) -> ShardSnapshot: ...
+
+    def checkpoint(self, deltas: Iterable[ShardDelta]) -> None: ...
+
+    def get(self, key: str) -> bytes | None: ...
 
 
 class RedisStateStore:
@@ -60,18 +87,23 @@ class RedisStateStore:
     def key(self, partition: int, name: str) -> str:
         return _prefix(self.group, partition) + name
 
+    def get(self, key: str) -> bytes | None:
+        return self.client.get(key)  # type: ignore[return-value]
+
     def claim(self, partition: int) -> ShardSnapshot:
         """Become the shard's owner (new epoch) and read its state."""
         pipe = self.client.pipeline(transaction=True)
         pipe.incr(self.key(partition, "epoch"))
         pipe.hgetall(self.key(partition, "users"))
+        pipe.lrange(self.key(partition, "log"), 0, -1)
         pipe.get(self.key(partition, "meta"))
         pipe.hgetall(self.key(partition, "outbox"))
-        epoch, users, meta, outbox = pipe.execute()
+        epoch, users, log, meta, outbox = pipe.execute()
         return ShardSnapshot(
-            users={(k.decode() if isinstance(k, bytes) else k): v for k, v in users.items()},
+            users={_str(k): v for k, v in users.items()},
+            log=list(log),
             meta=json.loads(meta) if meta else {},
-            outbox={(k.decode() if isinstance(k, bytes) else k): v for k, v in outbox.items()},
+            outbox={_str(k): v for k, v in outbox.items()},
             epoch=int(epoch),
         )
 
@@ -89,10 +121,15 @@ class RedisStateStore:
                         raise Fenced(f"shard p{d.partition}: epoch {cur!r} != ours {d.epoch}")
                 pipe.multi()
                 for d in deltas:
-                    if d.users_set:
-                        pipe.hset(self.key(d.partition, "users"), mapping=d.users_set)  # type: ignore[arg-type]
-                    if d.users_del:
-                        pipe.hdel(self.key(d.partition, "users"), *d.users_del)
+                    users, log = self.key(d.partition, "users"), self.key(d.partition, "log")
+                    if d.compact:
+                        if d.users_set:
+                            pipe.hset(users, mapping=d.users_set)  # type: ignore[arg-type]
+                        if d.users_del:
+                            pipe.hdel(users, *d.users_del)
+                        pipe.delete(log)
+                    elif d.log_append:
+                        pipe.rpush(log, d.log_append)
                     if d.outbox_set:
                         pipe.hset(self.key(d.partition, "outbox"), mapping=d.outbox_set)  # type: ignore[arg-type]
                     if d.outbox_del:
@@ -106,3 +143,60 @@ class RedisStateStore:
         """Remove every key of this group (tests and tools)."""
         keys = list(self.client.scan_iter(match=f"rewardloop:outer:{self.group}:*"))
         return int(self.client.delete(*keys)) if keys else 0
+
+
+@dataclass
+class _MemShard:
+    users: dict[str, bytes] = field(default_factory=dict)
+    log: list[bytes] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    outbox: dict[str, bytes] = field(default_factory=dict)
+    epoch: int = 0
+
+
+class MemoryStateStore:
+    """The same protocol in process memory (``OUTER_STATE_STORE=memory``): no durability across
+    processes, but the same loop, the same fencing and the same restore path as Redis."""
+
+    def __init__(
+        self, kv: dict[str, bytes] | None = None, reader: Callable[[str], Any] | None = None
+    ) -> None:
+        self.shards: dict[int, _MemShard] = {}
+        self.kv = kv if kv is not None else {}
+        # shared keys (KPI priorities) still come from Redis when given: only the session state is local
+        self.reader = reader
+
+    def get(self, key: str) -> bytes | None:
+        if self.reader is not None:
+            raw = self.reader(key)
+            return raw if raw is None or isinstance(raw, bytes) else str(raw).encode()
+        return self.kv.get(key)
+
+    def claim(self, partition: int) -> ShardSnapshot:
+        sh = self.shards.setdefault(partition, _MemShard())
+        sh.epoch += 1
+        return ShardSnapshot(
+            dict(sh.users), list(sh.log), json.loads(json.dumps(sh.meta)), dict(sh.outbox), sh.epoch
+        )
+
+    def checkpoint(self, deltas: Iterable[ShardDelta]) -> None:
+        deltas = list(deltas)
+        for d in deltas:
+            sh = self.shards.get(d.partition)
+            if sh is None or sh.epoch != d.epoch:
+                raise Fenced(
+                    f"shard p{d.partition}: epoch {None if sh is None else sh.epoch} != ours {d.epoch}"
+                )
+        for d in deltas:
+            sh = self.shards[d.partition]
+            if d.compact:
+                sh.users.update(d.users_set)
+                for u in d.users_del:
+                    sh.users.pop(u, None)
+                sh.log.clear()
+            elif d.log_append:
+                sh.log.append(d.log_append)
+            sh.outbox.update(d.outbox_set)
+            for rid in d.outbox_del:
+                sh.outbox.pop(rid, None)
+            sh.meta = json.loads(json.dumps(d.meta))

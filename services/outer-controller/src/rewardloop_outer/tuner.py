@@ -10,48 +10,59 @@ levels (default 10) inside bounded ranges:
 
 An action is one level per group (``[l_click, l_dwell, l_quality]``; 1000 actions with L = 10).
 
-**Behaviour (logged in every session record's ``tuner`` field).** Most sessions run under the
-current weights (the nearest action); a deterministic slice of sessions (``OUTER_EXPLORE_FRACTION``,
-default 0.5 %, chosen by a hash of the ``session_key``) is assigned an action drawn uniformly; the
-record logs the action and its behaviour probability ``mu(a) = (1 - eps) * 1[a = current] + eps / |A|``.
+**Behaviour = the scorer's exploration slice** (docs/architecture.md, "Redis: exploration slice").
+The tuner publishes, per segment, an exploration document (``OUTER_EXPLORATION_SLICE``, default
+0.5 %; actions = the whole grid when it has <= 256 actions, else the 3x3x3 neighbourhood of the current
+action; action id = ``l_click * L^2 + l_dwell * L + l_quality``) together with the weights in ONE
+script, and re-publishes it when the current weights move (an admin push). The scorer applies it
+and logs ``explore_action`` / ``explore_probability`` / ``exploration_version`` on every reward event;
+the session's record carries its first step's values in its ``tuner`` field (``logged``: true) and
+they are the (action, propensity) the learning and the relative-gain gate use. Sessions without a
+logged document count as the current action with propensity 1.
 
 **Learning.** A factorised softmax policy per segment (context = segment; ``OUTER_TUNER_PER_SEGMENT``)
-``pi(a) = prod_g softmax(theta_g)[a_g]``, one single-step mini-batch REINFORCE step per batch of
-``OUTER_UPDATE_BATCH_SESSIONS`` sessions: reward ``r_i = kappa_i * mm(business.value) + (1 - kappa_i) *
-mean(mm(click rate), mm(mean ln(1+dwell)), 1 - mm(skip rate))`` with ``mm`` the min-max normalisation
-over the batch; ``theta_g += lr * mean_i w_i (r_i - mean r) (onehot(a_ig) - pi_g)`` with clipped
-importance weights ``w_i = min(10, pi(a_i) / mu_i)``. The candidate weights are the policy's mode.
+``pi(a) = prod_g softmax(theta_g)[a_g]``, started centred on the served action (strength 2) and re-centred
+when the weights are moved outside the tuner; one single-step mini-batch REINFORCE step per batch of
+``OUTER_UPDATE_BATCH_SESSIONS`` sessions (:func:`batch_rewards`, :func:`reinforce_gradient`): reward
+``r_i = kappa_i * mm(business.value) + (1 - kappa_i) * mean(mm(click rate), mm(mean ln(1+dwell)), 1 -
+mm(skip rate))`` with ``mm`` the min-max normalisation over the batch; clipped importance weights ``w_i =
+min(10, pi(a_i) / mu_i)``; ``theta += lr * sum_i w_i A_i grad log pi(a_i) / sum_i w_i`` with ``A_i = (r_i -
+V_snips(pi)) / std(r)``. The candidate weights are the policy's mode.
 
-**Guards, in order, before any push** (each decision is logged and counted in
+**Guards, in order** (each decision is logged and counted in
 ``rewardloop_outer_tuner_decisions_total{segment,decision}``):
 
-1. ``blocked_min_sessions`` -- fewer than ``OUTER_MIN_SESSIONS`` sessions since the last push;
-2. ``blocked_diversity`` -- the candidate policy collapsed (mean normalised entropy < 0.05) or the
-   batch data never saw more than one action while the candidate differs (nothing to learn it from);
-3. ``blocked_relative_gain`` -- the self-normalised IPS estimate of the candidate's value does not
+1. ``rollback`` -- the update moved the policy by ``KL(new || old) > OUTER_KL_MAX`` (0.3): it is
+   discarded and the policy stays at the previous version (a per-update trust region, so that the mode
+   can move by small accepted steps; checked on every update, whether or not a push is due);
+2. ``no_change`` -- the mode is still the served action;
+3. ``blocked_diversity`` -- the candidate policy collapsed (mean normalised entropy < 0.05) or the
+   batch data never saw more than one action (nothing to learn it from);
+4. ``blocked_relative_gain`` -- the self-normalised IPS estimate of the candidate's value does not
    beat the behaviour policy's (mean reward of the logged data);
-4. ``rollback`` -- ``KL(new || old) > OUTER_KL_MAX`` (0.3): the policy is rolled back to the last
-   accepted version (the weights document is left as it is);
-5. ``shadow`` -- ``OUTER_SHADOW_MODE`` (default on): the would-be weights are logged, not pushed;
-6. ``no_change`` / ``pushed``.
+5. ``blocked_min_sessions`` -- fewer than ``OUTER_MIN_SESSIONS`` sessions since the last push;
+6. ``shadow`` -- ``OUTER_SHADOW_MODE`` (default on): the would-be weights are logged, not pushed;
+7. ``pushed``.
 
-The earlier correlation rule (:mod:`.weight_update`, ``OUTER_TUNER=correlation``) goes through the
-same guards 1, 4 (KL of the normalised |weights|), 5 and 6.
+The earlier correlation rule (:mod:`.weight_update`, ``OUTER_TUNER=correlation``) goes through
+``blocked_min_sessions``, ``rollback`` (KL of the normalised |weights|, before a push), ``no_change``,
+``shadow`` and ``pushed``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from rewardloop_common.events import SessionRecord, SessionTuner
+from rewardloop_common.exploration import MAX_ACTIONS
 from rewardloop_common.logging import get_logger
 from rewardloop_common.weights import BUILTIN_WEIGHTS, WEIGHT_NAMES, Weights
 from rewardloop_common.weights_store import WeightsStore
@@ -102,9 +113,20 @@ def kl(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p * np.log(p / q)))
 
 
-def _hash01(key: str) -> float:
-    h = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(h, "big") / 2**64
+def encode_action(action: Sequence[int], levels: int) -> int:
+    """The exploration document's action id of a grid action (row-major over the groups)."""
+    i = 0
+    for a in action:
+        i = i * levels + int(a)
+    return i
+
+
+def decode_action(action_id: int, levels: int) -> list[int]:
+    out = []
+    for _ in GROUPS:
+        action_id, a = divmod(action_id, levels)
+        out.append(a)
+    return out[::-1]
 
 
 def minmax(xs: Sequence[float]) -> list[float]:
@@ -112,6 +134,48 @@ def minmax(xs: Sequence[float]) -> list[float]:
     if hi - lo <= 1e-12:
         return [0.5] * len(xs)
     return [(x - lo) / (hi - lo) for x in xs]
+
+
+def batch_rewards(batch: Sequence[SessionRecord]) -> np.ndarray:
+    """Per-session reward in [0, 1]: ``kappa * mm(business value) + (1 - kappa) * mean(mm(click rate),
+    mm(mean ln(1 + dwell)), 1 - mm(skip rate))``, ``mm`` = min-max over the batch."""
+    feats = [session_features(r) for r in batch]
+    kappa = [r.kappa if r.kappa is not None else 0.2 for r in batch]
+    bval = minmax([r.business.value if r.business else r.business_reward for r in batch])
+    clicks, dwell, skip = (minmax([getattr(f, k) for f in feats]) for k in ("click", "dwell", "skip"))
+    return np.array(
+        [
+            k * b + (1 - k) * (c + d + (1 - s)) / 3
+            for k, b, c, d, s in zip(kappa, bval, clicks, dwell, skip, strict=True)
+        ]
+    )
+
+
+def reinforce_gradient(
+    policy: Policy, actions: Sequence[Sequence[int]], mus: np.ndarray, rewards: np.ndarray
+) -> np.ndarray:
+    """Off-policy single-step REINFORCE gradient of the factorised policy, per unit learning rate.
+
+    ``sum_i w_i A_i grad log pi(a_i) / sum_i w_i`` with clipped importance weights ``w_i = min(10,
+    pi(a_i) / mu_i)``, the self-normalised IPS value of ``pi`` as the baseline and advantages divided
+    by the batch's reward standard deviation. Why each part: with a small slice almost every session
+    is the current action (w ~ pi / (1 - slice), small), so dividing by the batch size instead of
+    ``sum w`` shrank the step by the share of explored sessions; min-max rewards whose spread is a few
+    hundredths made the raw advantages as small (a step then needed a learning rate tuned to the
+    reward scale); and the behaviour mean is not the target policy's value, the SNIPS estimate is."""
+    probs = policy.probs()
+    iw = np.minimum(MAX_IW, np.array([policy.prob(a) for a in actions]) / mus)
+    total = float(iw.sum())
+    if total <= 1e-12:
+        return np.zeros_like(policy.theta)
+    baseline = float((iw * rewards).sum()) / total
+    adv = (rewards - baseline) / (float(rewards.std()) + 1e-6)
+    grad = np.zeros_like(policy.theta)
+    for a, w, ad in zip(actions, iw, adv, strict=True):
+        grad -= w * ad * probs  # the softmax part of grad log pi, every group
+        for g, lvl in enumerate(a):
+            grad[g, lvl] += w * ad
+    return grad / total
 
 
 @dataclass
@@ -150,7 +214,8 @@ class Policy:
 @dataclass
 class SegmentState:
     policy: Policy | None = None
-    accepted: Policy | None = None
+    #: the grid action of the weights the policy was last centred on / pushed
+    centre: list[int] | None = None
     batch: list[SessionRecord] = field(default_factory=list)
     since_push: int = 0
 
@@ -196,24 +261,83 @@ class WeightTuner:
         self.segments: dict[str, SegmentState] = {}
         self.decisions: list[Decision] = []
         self._wcache: dict[str, tuple[float, Weights]] = {}
+        self._explore_centre: dict[str, list[int]] = {}
 
     def _ctx(self, segment: str) -> str:
         return segment if self.per_segment else "default"
 
     # --------------------------------------------------------------------------------- behaviour
 
-    def behaviour(self, rec: SessionRecord) -> SessionTuner:
-        """The session's behaviour action and its probability (deterministic in the session key)."""
+    def behaviour(self, rec: SessionRecord, first: Any = None) -> SessionTuner:
+        """The session's behaviour (action, propensity) from what the scorer logged on its first
+        step (``first``: an event with ``explore_*`` fields); the current action with propensity 1
+        when no exploration document was active."""
         current = nearest_action(self._weights(rec.segment), self.levels)
-        u = _hash01("explore:" + rec.session_key)
-        explore = u < self.eps
-        if explore:
-            idx = int(_hash01("action:" + rec.session_key) * self.n_actions) % self.n_actions
-            action = list(next(itertools.islice(itertools.product(range(self.levels), repeat=3), idx, None)))
+        prob = getattr(first, "explore_probability", None)
+        version = getattr(first, "exploration_version", None)
+        act_id = getattr(first, "explore_action", None)
+        if prob is None or version is None:
+            return SessionTuner(action=current, propensity=1.0, explore=False)
+        if act_id is not None and 0 <= act_id < self.n_actions:
+            return SessionTuner(
+                action=decode_action(act_id, self.levels),
+                propensity=prob,
+                explore=True,
+                explore_action=act_id,
+                exploration_version=version,
+                logged=True,
+            )
+        return SessionTuner(
+            action=current, propensity=prob, explore=False, exploration_version=version, logged=True
+        )
+
+    # ------------------------------------------------------------------------------ exploration
+
+    def exploration_actions(self, current: Sequence[int]) -> list[tuple[int, Weights]]:
+        """The exploration grid: every action when there are <= 256, else the neighbourhood of
+        ``current`` (+-1 level per group, clipped to the grid)."""
+        if self.n_actions <= MAX_ACTIONS:
+            grid: Iterable[tuple[int, ...]] = itertools.product(range(self.levels), repeat=len(GROUPS))
         else:
-            action = current
-        mu = self.eps / self.n_actions + ((1.0 - self.eps) if action == current else 0.0)
-        return SessionTuner(action=action, propensity=mu, explore=explore, policy_version=0)
+            ranges = [range(max(0, c - 1), min(self.levels - 1, c + 1) + 1) for c in current]
+            grid = itertools.product(*ranges)
+        return [(encode_action(a, self.levels), action_weights(a, self.levels)) for a in grid]
+
+    def publish_exploration(self, segment: str, weights: Weights | None = None, reason: str = "") -> None:
+        """Write the segment's exploration document (with ``weights``: both, atomically)."""
+        base = weights if weights is not None else self._weights(segment)
+        centre = nearest_action(base, self.levels)
+        _wdoc, edoc = self.store.push_exploration(
+            segment,
+            self.eps,
+            self.exploration_actions(centre),
+            SOURCE,
+            weights=weights,
+            reason=reason,
+        )
+        self._explore_centre[segment] = centre
+        self.metrics.exploration_version.labels(segment=segment).set(edoc.version)
+        self.metrics.exploration_slice.labels(segment=segment).set(edoc.slice)
+        log.info(
+            "exploration document published",
+            segment=segment,
+            version=edoc.version,
+            slice=edoc.slice,
+            actions=len(edoc.actions),
+            centre=centre,
+        )
+
+    def maybe_publish_exploration(self, segment: str) -> None:
+        """(Re)publish when exploration is on and the current weights left the published centre."""
+        if self.eps <= 0:
+            return
+        centre = nearest_action(self._weights(segment), self.levels)
+        if self._explore_centre.get(segment) != centre:
+            try:
+                self.publish_exploration(segment)
+            except Exception as exc:  # noqa: BLE001 - exploration must not stop the loop
+                log.warning("could not publish the exploration document", segment=segment, error=str(exc))
+                self._explore_centre[segment] = centre  # retried when the weights move again
 
     def _weights(self, segment: str) -> Weights:
         """The segment's current weights (cached for 5 s; the built-ins when Redis fails)."""
@@ -234,6 +358,7 @@ class WeightTuner:
     def add(self, rec: SessionRecord) -> Decision | None:
         ctx = self._ctx(rec.segment)
         st = self.segments.setdefault(ctx, SegmentState())
+        self.maybe_publish_exploration(rec.segment)
         if rec.tuner is None:
             rec = rec.model_copy(update={"tuner": self.behaviour(rec)})
         if rec.tuner is not None and rec.tuner.explore:
@@ -282,7 +407,13 @@ class WeightTuner:
             return Decision(segment, "no_change", why, cand, kl=kl_val)
         if self.shadow:
             return Decision(segment, "shadow", f"would push {cand.as_dict()}; {why}", cand, kl=kl_val)
-        doc = self.store.push(segment, cand, source=SOURCE, reason=f"{self.strategy}: {why}"[:2000])
+        reason = f"{self.strategy}: {why}"[:2000]
+        if self.eps > 0:  # the new weights and their exploration grid in one script
+            self.publish_exploration(segment, cand, reason)
+            doc = self.store.get_effective(segment)
+            self._wcache.pop(segment, None)
+        else:
+            doc = self.store.push(segment, cand, source=SOURCE, reason=reason)
         st.since_push = 0
         self.metrics.weight_updates.inc()
         self.metrics.weights_version.labels(segment=doc.segment).set(doc.version)
@@ -298,34 +429,19 @@ class WeightTuner:
     def _drlput(
         self, segment: str, st: SegmentState, batch: list[SessionRecord], current: Weights
     ) -> Decision:
-        if st.policy is None:
-            st.policy = Policy.centred(nearest_action(current, self.levels), self.levels)
-            st.accepted = Policy(st.policy.theta.copy())
-        assert st.accepted is not None
+        centre = nearest_action(current, self.levels)
+        if st.policy is None or st.centre != centre:
+            # first batch, or the weights were moved outside the tuner (admin re-targeting): the
+            # policy restarts centred on what is served now
+            st.policy = Policy.centred(centre, self.levels)
+            st.centre = centre
         old = st.policy
-        feats = [session_features(r) for r in batch]
-        kappa = [r.kappa if r.kappa is not None else 0.2 for r in batch]
-        bval = minmax([r.business.value if r.business else r.business_reward for r in batch])
-        clicks, dwell, skip = (minmax([getattr(f, k) for f in feats]) for k in ("click", "dwell", "skip"))
-        rewards = np.array(
-            [
-                k * b + (1 - k) * (c + d + (1 - s)) / 3
-                for k, b, c, d, s in zip(kappa, bval, clicks, dwell, skip, strict=True)
-            ]
-        )
-        actions = [r.tuner.action if r.tuner else nearest_action(current, self.levels) for r in batch]
+        rewards = batch_rewards(batch)
+        actions = [r.tuner.action if r.tuner else centre for r in batch]
         mus = np.array([r.tuner.propensity if r.tuner else 1.0 for r in batch])
-        iw = np.minimum(MAX_IW, np.array([old.prob(a) for a in actions]) / mus)
-        adv = rewards - rewards.mean()
-        probs = old.probs()
-        grad = np.zeros_like(old.theta)
-        for a, w, ad in zip(actions, iw, adv, strict=True):
-            for g, lvl in enumerate(a):
-                onehot = np.zeros(self.levels)
-                onehot[lvl] = 1.0
-                grad[g] += w * ad * (onehot - probs[g])
-        new = Policy(old.theta + self.lr * grad / len(batch), old.version + 1)
-        kl_val = new.kl_to(st.accepted)
+        new = Policy(old.theta + self.lr * reinforce_gradient(old, actions, mus, rewards), old.version + 1)
+        # trust region: one update may move the policy by at most KL_max (DRL-PUT's KL(new||old))
+        kl_val = new.kl_to(old)
         # off-policy value of the candidate (self-normalised IPS) vs the behaviour policy
         w_new = np.minimum(MAX_IW, np.array([new.prob(a) for a in actions]) / mus)
         v_new = float((w_new * rewards).sum() / max(1e-12, w_new.sum()))
@@ -337,20 +453,19 @@ class WeightTuner:
             f"vs V(behaviour)={v_beh:.4f}, KL={kl_val:.4f}, entropy={new.entropy_norm():.3f}, "
             f"mode={new.mode()}"
         )
+        if kl_val > self.kl_max:
+            return Decision(segment, "rollback", f"KL {kl_val:.3f} > {self.kl_max}; {why}", cand, kl=kl_val)
         st.policy = new
-        moved = new.mode() != st.accepted.mode()
-        if not moved:
+        if new.mode() == centre:
             return Decision(segment, "no_change", why, cand, kl=kl_val)
         if new.entropy_norm() < MIN_ENTROPY or distinct < 2:
             return Decision(segment, "blocked_diversity", why, cand, kl=kl_val)
         if v_new <= v_beh + self.min_gain:
             return Decision(segment, "blocked_relative_gain", why, cand, kl=kl_val)
-        d = self._finish(segment, st, cand, current, kl_val, why)
-        if d.decision == "rollback":
-            st.policy = Policy(st.accepted.theta.copy(), st.accepted.version)
-        elif d.decision in ("pushed", "no_change"):
-            st.accepted = Policy(new.theta.copy(), new.version)
-        return d
+        d = self._finish(segment, st, cand, current, 0.0, why)
+        if d.decision == "pushed":
+            st.centre = new.mode()
+        return Decision(d.segment, d.decision, d.reason, d.weights, d.version, kl=kl_val)
 
     def state_json(self) -> str:
         return json.dumps(

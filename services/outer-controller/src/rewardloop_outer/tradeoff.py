@@ -1,0 +1,112 @@
+"""Rolling trade-off points for the operator's panel (issue #6): per (weights version, exploration
+action) the mean clicks, dwell seconds and business value per session over the last ``window``
+sessions of that point.
+
+Labels stay bounded: at most ``max_points`` points are exported; the least recently updated one is
+dropped (its series removed) when a new point appears. ``action`` is the scorer's exploration action
+id, or ``current`` for sessions served with the segment's weights. The current point (the newest
+weights version, ``action="current"``) is marked with ``rewardloop_outer_tradeoff_current = 1``; the
+points no other point dominates (at least as good on all three means, better on one) with
+``rewardloop_outer_tradeoff_pareto = 1``, recomputed at most every ``pareto_interval_s`` (an O(points^2)
+pass must not run per closed session at 10^4 sessions/s).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+from rewardloop_common.events import SessionRecord
+
+from .metrics import OuterMetrics
+
+Means = tuple[float, float, float]  # clicks, dwell seconds, business value per session
+
+
+def pareto_front(points: dict[tuple[str, str], Means]) -> set[tuple[str, str]]:
+    """The keys of the points that no other point dominates (maximising all three means)."""
+
+    def dominates(a: Means, b: Means) -> bool:
+        return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
+
+    return {k for k, v in points.items() if not any(dominates(o, v) for o in points.values())}
+
+
+class TradeoffTracker:
+    def __init__(
+        self,
+        metrics: OuterMetrics,
+        window: int = 500,
+        max_points: int = 30,
+        pareto_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.m = metrics
+        self.window = window
+        self.max_points = max_points
+        self.points: OrderedDict[tuple[str, str], deque[tuple[float, float, float]]] = OrderedDict()
+        self.means: dict[tuple[str, str], Means] = {}
+        self.current: tuple[str, str] | None = None
+        self._newest_version = -1
+        self.pareto_interval_s = pareto_interval_s
+        self._clock = clock
+        self._last_pareto = -float("inf")
+
+    def add(self, rec: SessionRecord, first: Any = None) -> None:
+        version = max(rec.weights_versions) if rec.weights_versions else 0
+        act = getattr(first, "explore_action", None)
+        key = (str(version), "current" if act is None else str(act))
+        clicks = float(sum(1 for s in rec.steps if s.clicked))
+        dwell = float(sum(s.dwell_seconds for s in rec.steps))
+        value = rec.business.value if rec.business is not None else rec.business_reward
+        q = self.points.get(key)
+        if q is None:
+            if len(self.points) >= self.max_points:
+                old, _ = self.points.popitem(last=False)
+                self._remove(old)
+            q = self.points[key] = deque(maxlen=self.window)
+        else:
+            self.points.move_to_end(key)
+        q.append((clicks, dwell, value))
+        n = len(q)
+        means = (sum(x[0] for x in q) / n, sum(x[1] for x in q) / n, sum(x[2] for x in q) / n)
+        self.means[key] = means
+        self.m.tradeoff_clicks.labels(*key).set(means[0])
+        self.m.tradeoff_dwell.labels(*key).set(means[1])
+        self.m.tradeoff_business.labels(*key).set(means[2])
+        self.m.tradeoff_sessions.labels(*key).set(n)
+        if version >= self._newest_version and key[1] == "current" and key != self.current:
+            self._newest_version = version
+            if self.current is not None:
+                self.m.tradeoff_current.labels(*self.current).set(0)
+            self.current = key
+            self.m.tradeoff_current.labels(*key).set(1)
+        now = self._clock()
+        if now - self._last_pareto >= self.pareto_interval_s:
+            self._last_pareto = now
+            self.update_pareto()
+
+    def update_pareto(self) -> set[tuple[str, str]]:
+        front = pareto_front(self.means)
+        for key in self.means:
+            self.m.tradeoff_pareto.labels(*key).set(1 if key in front else 0)
+        return front
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        for g in (
+            self.m.tradeoff_clicks,
+            self.m.tradeoff_dwell,
+            self.m.tradeoff_business,
+            self.m.tradeoff_sessions,
+            self.m.tradeoff_current,
+            self.m.tradeoff_pareto,
+        ):
+            try:
+                g.remove(*key)
+            except KeyError:
+                pass
+        self.means.pop(key, None)
+        if self.current == key:
+            self.current = None

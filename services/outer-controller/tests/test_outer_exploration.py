@@ -1,0 +1,253 @@
+"""The exploration-slice contract (Python half) and the DRL-PUT tuner learning from logged propensities."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from rewardloop_common.events import SessionBusiness, SessionKpi, SessionRecord, SessionStep
+from rewardloop_common.exploration import (
+    ExplorationDocument,
+    assign,
+    exploration_hash,
+    exploration_key,
+)
+from rewardloop_common.weights import BUILTIN_WEIGHTS
+from rewardloop_common.weights_store import WeightsStore
+from rewardloop_outer.metrics import OuterMetrics
+from rewardloop_outer.tuner import (
+    Policy,
+    WeightTuner,
+    decode_action,
+    encode_action,
+    nearest_action,
+    reinforce_gradient,
+)
+
+# shared with the scorer (docs/architecture.md, "Assignment"): the same strings, the same hashes
+HASH_VECTORS = {
+    "": 0xEFD01F60BA992926,
+    "3:u-1": 0xACE6EA11C30161F0,
+    "7:user-42:action": 0x59C6B2E157462214,
+}
+
+
+def test_exploration_hash_test_vectors() -> None:
+    for s, h in HASH_VECTORS.items():
+        assert exploration_hash(s) == h, s
+
+
+def test_assignment_matches_the_contract() -> None:
+    ids = [10, 11, 12]
+    assert assign(3, 0.0, ids, "u-1") == (None, 1.0)  # slice 0: nobody explores
+    users = [f"user-{i}" for i in range(5000)]
+    got = [assign(3, 0.2, ids, u) for u in users]
+    assert any(a is not None for a, _ in got) and any(a is None for a, _ in got)
+    for u, (a, p) in zip(users, got, strict=True):
+        in_slice = exploration_hash(f"3:{u}") / 2**64 < 0.2
+        assert (a is not None) == in_slice
+        if a is not None:
+            assert a == ids[exploration_hash(f"3:{u}:action") % 3] and p == pytest.approx(0.2 / 3)
+        else:
+            assert p == pytest.approx(0.8)
+
+
+def test_action_ids_round_trip() -> None:
+    for a in ([0, 0, 0], [9, 9, 9], [3, 0, 7]):
+        assert decode_action(encode_action(a, 10), 10) == a
+    assert encode_action([3, 0, 7], 10) == 307
+
+
+def tuner(store: WeightsStore, **kw: object) -> WeightTuner:
+    args: dict[str, object] = {
+        "batch_sessions": 200,
+        "min_sessions": 1,
+        "shadow": False,
+        "explore_fraction": 0.1,
+        "levels": 10,
+        "lr": 5.0,
+    }
+    args.update(kw)
+    return WeightTuner(store, OuterMetrics(CollectorRegistry()), **args)  # type: ignore[arg-type]
+
+
+def test_exploration_document_is_published_with_the_weights(store: WeightsStore) -> None:
+    t = tuner(store)
+    t.maybe_publish_exploration("default")
+    doc = store.get_exploration("default")
+    assert doc is not None and doc.slice == 0.1 and doc.source == "outer-controller"
+    centre = nearest_action(BUILTIN_WEIGHTS, 10)
+    assert len(doc.actions) == 27 and encode_action(centre, 10) in {a.id for a in doc.actions}
+    raw = store.client.get(exploration_key("default"))
+    assert ExplorationDocument.model_validate_json(raw) == doc  # type: ignore[arg-type]
+    t.maybe_publish_exploration("default")  # unchanged centre: no new version
+    assert store.get_exploration("default").version == doc.version  # type: ignore[union-attr]
+    # a push writes the weights and a re-centred grid in one script
+    new = t.exploration_actions([5, 5, 5])[0][1]
+    t.publish_exploration("default", new, "test")
+    doc2 = store.get_exploration("default")
+    assert doc2 is not None and doc2.version == doc.version + 1
+    assert store.get("default").weights == new
+
+
+def _session(i: int, explore: int | None, prob: float, clicks: int, value: float) -> SessionRecord:
+    steps = [
+        SessionStep(  # type: ignore[call-arg]
+            event_id=f"e{i}-{t}",
+            item_id="i",
+            position=t,
+            event_time_ms=1_000 + t,
+            clicked=t < clicks,
+            dwell_seconds=5.0,
+            skipped=False,
+            predicted_relevance=0.5,
+            behavior_propensity=0.5,
+            reward=0.0,
+            weights_version=1,
+            return_=0.0,
+        )
+        for t in range(4)
+    ]
+    return SessionRecord(
+        session_key=f"u{i}:1000",
+        user_id=f"u{i}",
+        segment="default",
+        start_ms=1000,
+        end_ms=1003,
+        closed_at_ms=2000,
+        n_steps=4,
+        gamma=0.99,
+        steps=steps,
+        discounted_return=0.0,
+        kpi=SessionKpi(),
+        business_reward=value,
+        weights_versions=[1],
+        business=SessionBusiness(value=value),
+        kappa=0.5,
+    )
+
+
+def _serve(
+    t: WeightTuner,
+    store: WeightsStore,
+    i: int,
+    outcome: Callable[[int | None], tuple[int, float]],
+    users: str = "user",
+) -> Any:
+    """One synthetic session served exactly as the scorer would: the user's action and propensity come
+    from the segment's current exploration document (the contract's hash), the outcome from ``outcome``."""
+    doc = store.get_exploration("default")
+    assert doc is not None
+    act, prob = doc.assign(f"{users}-{i}")
+    clicks, value = outcome(act)
+    rec = _session(i, act, prob, clicks=clicks, value=value)
+    first = SimpleNamespace(explore_action=act, explore_probability=prob, exploration_version=doc.version)
+    rec.tuner = t.behaviour(rec, first)
+    assert rec.tuner.logged and rec.tuner.propensity == prob
+    return t.add(rec)
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_reinforce_learns_from_logged_actions_and_propensities(store: WeightsStore, seed: int) -> None:
+    """Synthetic sessions under a 20 % slice: 80 % get the current action (p = 0.8), the rest one of the
+    27 grid actions (p = 0.2 / 27); one explored action (one level more click weight) earns clearly more.
+    With the default learning rate and KL guard the tuner must move its policy towards it, pass the
+    gates and push it within 8 batches of 200 sessions (it took 3-7 over seeds 0-15)."""
+    t = tuner(store, explore_fraction=0.2, lr=0.5)  # default lr and kl_max (0.3)
+    t.maybe_publish_exploration("default")
+    current = nearest_action(BUILTIN_WEIGHTS, 10)
+    best = encode_action([current[0] + 1, current[1], current[2]], 10)
+    rng = random.Random(seed)
+
+    def outcome(act: int | None) -> tuple[int, float]:
+        return (4, 3.0) if act == best else (rng.randrange(2), 0.0)
+
+    decisions = []
+    for i in range(8 * 200):
+        d = _serve(t, store, i, outcome, users=f"s{seed}-user")
+        if d is not None:
+            decisions.append(d)
+            if d.decision == "pushed":
+                break
+    assert [d.decision for d in decisions].count("pushed") == 1, [d.reason for d in decisions]
+    assert all(d.decision in ("no_change", "pushed") for d in decisions), [d.reason for d in decisions]
+    assert nearest_action(decisions[-1].weights, 10) == decode_action(best, 10)  # type: ignore[arg-type]
+    assert store.get("default").weights.click > BUILTIN_WEIGHTS.click
+    # the exploration grid was re-centred on the pushed action with the weights
+    doc = store.get_exploration("default")
+    assert doc is not None and doc.version == 2 and best in {a.id for a in doc.actions}
+
+
+def test_reinforce_does_not_push_when_no_action_is_better(store: WeightsStore) -> None:
+    """The same setting with rewards independent of the action: 10 batches, no push."""
+    t = tuner(store, explore_fraction=0.2, lr=0.5)
+    t.maybe_publish_exploration("default")
+    rng = random.Random(7)
+    decisions = [
+        d
+        for i in range(10 * 200)
+        if (d := _serve(t, store, i, lambda _a: (rng.randrange(3), rng.choice([0.0, 0.0, 0.0, 3.0]))))
+        is not None
+    ]
+    assert len(decisions) == 10 and not any(d.decision == "pushed" for d in decisions)
+    assert nearest_action(store.get("default").weights, 10) == nearest_action(BUILTIN_WEIGHTS, 10)
+
+
+def test_reinforce_gradient_points_to_the_better_action() -> None:
+    """One step from a uniform policy, on-policy data (mu = pi): the better action's levels go up."""
+    levels = 3
+    policy = Policy(np.zeros((3, levels)))
+    actions = [list(a) for a in itertools.product(range(levels), repeat=3)]
+    mus = np.full(len(actions), 1 / len(actions))
+    rewards = np.array([1.0 if a == [2, 0, 1] else 0.0 for a in actions])
+    grad = reinforce_gradient(policy, actions, mus, rewards)
+    assert [int(i) for i in grad.argmax(axis=1)] == [2, 0, 1]
+    assert np.allclose(grad.sum(axis=1), 0.0)  # softmax gradients sum to zero per group
+    assert not reinforce_gradient(policy, actions, mus, np.full(len(actions), 0.3)).any()
+
+
+def test_relative_gain_gate_blocks_a_move_the_logged_data_does_not_support(store: WeightsStore) -> None:
+    t = tuner(store)
+    t.maybe_publish_exploration("default")
+    current = nearest_action(BUILTIN_WEIGHTS, 10)
+    rng = random.Random(5)
+    decision = None
+    for i in range(200):
+        # only the current action was ever served: nothing supports another one
+        rec = _session(i, None, 0.9, clicks=rng.randrange(3), value=rng.random())
+        rec.tuner = t.behaviour(
+            rec, SimpleNamespace(explore_action=None, explore_probability=0.9, exploration_version=1)
+        )
+        decision = t.add(rec) or decision
+    assert decision is not None and decision.decision in ("no_change", "blocked_diversity")
+    assert nearest_action(store.get("default").weights, 10) == current
+
+
+def test_sessions_without_a_document_count_as_current_with_propensity_one(store: WeightsStore) -> None:
+    t = tuner(store)
+    rec = _session(0, None, 1.0, 1, 0.0)
+    beh = t.behaviour(
+        rec, SimpleNamespace(explore_action=None, explore_probability=None, exploration_version=None)
+    )
+    assert beh.propensity == 1.0 and not beh.logged and not beh.explore
+
+
+def test_an_update_larger_than_the_kl_bound_is_rolled_back(store: WeightsStore) -> None:
+    t = tuner(store, explore_fraction=0.2, lr=0.5, kl_max=1e-6)
+    t.maybe_publish_exploration("default")
+    rng = random.Random(1)
+    decisions = [
+        d
+        for i in range(3 * 200)
+        if (d := _serve(t, store, i, lambda _a: (rng.randrange(3), rng.random()))) is not None
+    ]
+    assert [d.decision for d in decisions] == ["rollback"] * 3, [d.reason for d in decisions]
+    theta = t.segments["default"].policy.theta  # type: ignore[union-attr]
+    assert np.array_equal(theta, Policy.centred(nearest_action(BUILTIN_WEIGHTS, 10), 10).theta)
