@@ -1,0 +1,1 @@
+"""Credit assignment: the gated-attention model (torch) and its baselines."""
