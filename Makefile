@@ -41,9 +41,11 @@ run: install start ## install, start, drive a simulated workload for DURATION se
 	echo; echo "The stack is still running (logs in .run/local/logs). Stop it with: make stop"; \
 	exit $$rc
 
-test: install ## install, then unit, e2e and ops tests; exits with the tests' code
+test: install install-trainer ## install (serving side + trainer env), then unit, trainer, quick learning bench, e2e and ops tests
 	@rc=0; \
 	$(MAKE) --no-print-directory test-unit || rc=$$?; \
+	$(MAKE) --no-print-directory test-trainer || { r=$$?; [[ $$rc -ne 0 ]] || rc=$$r; }; \
+	$(MAKE) --no-print-directory bench-learning BENCH_LEARNING_ARGS=--quick || { r=$$?; [[ $$rc -ne 0 ]] || rc=$$r; }; \
 	$(MAKE) --no-print-directory test-e2e || { r=$$?; [[ $$rc -ne 0 ]] || rc=$$r; }; \
 	$(MAKE) --no-print-directory test-ops || { r=$$?; [[ $$rc -ne 0 ]] || rc=$$r; }; \
 	if [[ $$rc -eq 0 ]]; then echo "make test: all passed"; else echo "make test: FAILED (exit $$rc)"; fi; \
@@ -105,3 +107,14 @@ test-ops: ## ops tests: promtool checks + rule unit tests, dashboard lint, every
 	RUN_DIR=$(OPS_RUN_DIR) deploy/local/stop.sh >/dev/null 2>&1 || true; \
 	exit $$rc
 bench-outer: ; $(VENV)/python services/outer-controller/bench/bench_outer.py $(BENCH_OUTER_ARGS) ## outer controller: events/s from real Kafka into durable session state + event-to-state lag P50/P99
+
+TRAINER_PY := .venv-trainer/bin/python
+.PHONY: install-trainer test-trainer bench-learning
+install-trainer: ## trainer env .venv-trainer with torch (services/trainer/scripts/install.sh; ~3 GB of CUDA wheels from PyPI, once)
+	@services/trainer/scripts/install.sh
+
+test-trainer: install-trainer ## trainer unit tests (credit model + export parity, OPE incl. Open Bandit Dataset, policies, service, its Kafka path on a real broker, benchmark helpers)
+	@$(TRAINER_PY) -m pytest services/trainer/tests
+
+bench-learning: install-trainer ## learning benchmark -> reports/learning/README.md + PNGs (MovieLens-grounded; BENCH_LEARNING_ARGS=--quick: CI size, synthetic world, .run/learning-quick)
+	@$(TRAINER_PY) services/trainer/bench/bench_learning.py $(BENCH_LEARNING_ARGS)

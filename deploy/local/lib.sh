@@ -12,7 +12,7 @@ DEPLOY_LOCAL="$REPO_ROOT/deploy/local"
 
 # start order; stop.sh walks it backwards
 # shellcheck disable=SC2034
-COMPONENTS=(redis kafka inner-reward gateway outer-controller prometheus)
+COMPONENTS=(redis kafka inner-reward gateway outer-controller trainer prometheus)
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 warn() { printf '[%s] WARN: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -58,6 +58,7 @@ cmd_marker() {
   inner-reward) echo "inner-reward-rs" ;;
   gateway) echo "rewardloop-gateway" ;;
   outer-controller) echo "rewardloop-outer" ;;
+  trainer) echo "rewardloop_trainer" ;;
   prometheus) echo "prometheus" ;;
   *) echo "$1" ;;
   esac
@@ -106,6 +107,7 @@ component_addrs() {
   inner-reward) echo "$(addr_host "$INNER_REWARD_GRPC_ADDR"):$(addr_port "$INNER_REWARD_GRPC_ADDR") $(addr_host "$INNER_REWARD_METRICS_ADDR"):$(addr_port "$INNER_REWARD_METRICS_ADDR")" ;;
   gateway) echo "$(addr_host "$GATEWAY_HOST:$GATEWAY_PORT"):$GATEWAY_PORT" ;;
   outer-controller) echo "127.0.0.1:$OUTER_METRICS_PORT" ;;
+  trainer) echo "127.0.0.1:$TRAINER_METRICS_PORT" ;;
   prometheus) echo "127.0.0.1:$PROMETHEUS_PORT" ;;
   esac
 }
@@ -125,6 +127,7 @@ probe() {
     ;;
   gateway) http_ok "http://$(addr_host "$GATEWAY_HOST:$GATEWAY_PORT"):$GATEWAY_PORT/healthz" ;;
   outer-controller) http_ok "http://127.0.0.1:$OUTER_METRICS_PORT/metrics" ;;
+  trainer) http_ok "http://127.0.0.1:$TRAINER_METRICS_PORT/metrics" ;;
   prometheus) http_ok "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" ;;
   esac
 }

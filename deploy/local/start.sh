@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start the native local stack: Redis, Kafka (KRaft, jars from Maven Central), the Rust scorer,
-# the gateway and the outer-controller (and Prometheus with WITH_PROMETHEUS=1), each in the
+# the gateway, the outer-controller, the trainer (when its env .venv-trainer exists, see WITH_TRAINER)
+# and Prometheus (WITH_PROMETHEUS=1), each in the
 # background with its log in $RUN_DIR/logs/<name>.log and its pid in $RUN_DIR/pids/<name>.pid.
 #
 # Everything is parametrised by env (defaults in deploy/local/env.defaults), so a second stack can
@@ -19,7 +20,16 @@ load_env
 cd "$REPO_ROOT"
 
 START_TIMEOUT="${START_TIMEOUT:-90}"
+STACK_COMPONENTS_SET="${STACK_COMPONENTS:-}"
 STACK_COMPONENTS="${STACK_COMPONENTS:-redis kafka inner-reward gateway outer-controller}"
+# the trainer needs torch, which lives in its own env (`make install-trainer`, ~3 GB): auto = start it
+# when that env exists, 1 = require it, 0 = never
+WITH_TRAINER="${WITH_TRAINER:-auto}"
+if [[ -z ${STACK_COMPONENTS_SET:-} && " $STACK_COMPONENTS " == *" outer-controller "* ]]; then
+  if [[ $WITH_TRAINER == 1 || ($WITH_TRAINER == auto && -x $TRAINER_PYTHON) ]]; then
+    STACK_COMPONENTS="$STACK_COMPONENTS trainer"
+  fi
+fi
 if [[ ${WITH_PROMETHEUS:-0} == 1 && " $STACK_COMPONENTS " != *" prometheus "* ]]; then
   STACK_COMPONENTS="$STACK_COMPONENTS prometheus"
 fi
@@ -197,6 +207,12 @@ start_python() {
   launch "$name" "$VENV_BIN/$script"
 }
 
+start_trainer() {
+  [[ -x $TRAINER_PYTHON ]] || die "$TRAINER_PYTHON missing: run make install-trainer (WITH_TRAINER=0 skips the trainer)"
+  mkdir -p "$OUTER_CREDIT_MODEL_DIR"
+  launch trainer "$TRAINER_PYTHON" -m rewardloop_trainer --kafka
+}
+
 start_prometheus() {
   command -v prometheus >/dev/null || die "prometheus not found: run deploy/local/install.sh"
   local pdir="$RUN_DIR/prometheus"
@@ -207,7 +223,7 @@ start_prometheus() {
   # deploy/prometheus/prometheus.yml names the default ports and a 5s interval; point it at this
   # stack's ports and PROMETHEUS_SCRAPE_INTERVAL
   sed -e "s|127.0.0.1:9464|$m_host:$m_port|g" -e "s|127.0.0.1:8000|127.0.0.1:$GATEWAY_PORT|g" \
-    -e "s|127.0.0.1:9102|127.0.0.1:$OUTER_METRICS_PORT|g" -e "s|127.0.0.1:9090|127.0.0.1:$PROMETHEUS_PORT|g" \
+    -e "s|127.0.0.1:9102|127.0.0.1:$OUTER_METRICS_PORT|g" -e "s|127.0.0.1:9103|127.0.0.1:$TRAINER_METRICS_PORT|g" -e "s|127.0.0.1:9090|127.0.0.1:$PROMETHEUS_PORT|g" \
     -e "s|^\(  [a-z_]*_interval:\) 5s|\1 ${PROMETHEUS_SCRAPE_INTERVAL:-5s}|" \
     "$REPO_ROOT/deploy/prometheus/prometheus.yml" >"$pdir/prometheus.yml"
   # its rule_files are relative to the config file: link the repo's rules next to the rendered copy
@@ -242,6 +258,7 @@ for name in "${COMPONENTS[@]}"; do
   inner-reward) start_inner_reward ;;
   gateway) start_python gateway rewardloop-gateway ;;
   outer-controller) start_python outer-controller rewardloop-outer ;;
+  trainer) start_trainer ;;
   prometheus) start_prometheus ;;
   esac
   wait_ready "$name"
@@ -252,6 +269,7 @@ log "stack up in $(($(date +%s) - t0))s; env in $RUN_DIR/stack.env, logs in $LOG
 wanted gateway && log "gateway      http://$(addr_host "$GATEWAY_HOST:$GATEWAY_PORT"):$GATEWAY_PORT"
 wanted inner-reward && log "scorer gRPC  $INNER_REWARD_GRPC_ADDR  metrics http://$INNER_REWARD_METRICS_ADDR/metrics"
 wanted outer-controller && log "outer        http://127.0.0.1:$OUTER_METRICS_PORT/metrics"
+wanted trainer && log "trainer      http://127.0.0.1:$TRAINER_METRICS_PORT/metrics  (credit models in $OUTER_CREDIT_MODEL_DIR)"
 wanted prometheus && log "prometheus   http://127.0.0.1:$PROMETHEUS_PORT"
 log "stop with: make stop   (or RUN_DIR=$RUN_DIR deploy/local/stop.sh)"
 exit 0

@@ -25,7 +25,7 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_DEFAULTS = REPO / "deploy" / "local" / "env.defaults"
 ARCHITECTURE = REPO / "docs" / "architecture.md"
 
-APP_SERVICES = {"inner-reward", "gateway", "outer-controller", "kafka-init"}
+APP_SERVICES = {"inner-reward", "gateway", "outer-controller", "trainer", "kafka-init"}
 INFRA_SERVICES = {"kafka", "redis", "prometheus", "grafana"}
 ONE_SHOT = {"kafka-init"}
 
@@ -34,6 +34,7 @@ EXPECTED_PORTS = {
     "inner-reward": {50051, 9464},
     "gateway": {8000},
     "outer-controller": {9102},
+    "trainer": {9103},
     "kafka": {9092},
     "redis": {6379},
     "prometheus": {9090},
@@ -132,6 +133,7 @@ def test_native_defaults_match_the_published_ports() -> None:
         },
         "gateway": {int(d["GATEWAY_PORT"])},
         "outer-controller": {int(d["OUTER_METRICS_PORT"])},
+        "trainer": {int(d["TRAINER_METRICS_PORT"])},
         "kafka": {int(d["KAFKA_PORT"])},
         "redis": {int(d["REDIS_PORT"])},
         "prometheus": {int(d["PROMETHEUS_PORT"])},

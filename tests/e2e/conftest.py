@@ -25,6 +25,8 @@ E2E_ENV = {
     "INNER_REWARD_METRICS_ADDR": "127.0.0.1:19464",
     "GATEWAY_PORT": "18000",
     "OUTER_METRICS_PORT": "19102",
+    # the e2e stack stays lean (2 cores); the ops test runs the trainer
+    "WITH_TRAINER": "0",
     "OUTER_SESSION_GAP_SECONDS": "4",
     "OUTER_UPDATE_BATCH_SESSIONS": "10",
     # issue #4 guards, sized for a 30-session test world: the correlation rule (30 sessions carry no

@@ -26,9 +26,14 @@ def test_dashboard_provider_points_at_the_mounted_dashboards() -> None:
     assert prov["options"]["path"] == "/var/lib/grafana/dashboards"
 
 
-def test_the_three_dashboards_exist() -> None:
+def test_the_four_dashboards_exist() -> None:
     titles = {load(p)["title"] for p in dashboard_files()}
-    assert titles == {"rewardloop / Serving", "rewardloop / Telemetry", "rewardloop / Outer loop"}
+    assert titles == {
+        "rewardloop / Serving",
+        "rewardloop / Telemetry",
+        "rewardloop / Outer loop",
+        "rewardloop / Trainer",
+    }
 
 
 def test_dashboards_have_unique_uids_and_panel_ids() -> None:

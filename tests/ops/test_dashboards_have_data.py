@@ -38,6 +38,10 @@ OPS_ENV = {
     "INNER_REWARD_METRICS_ADDR": "127.0.0.1:19564",
     "GATEWAY_PORT": "18100",
     "OUTER_METRICS_PORT": "19202",
+    # the trainer (its own env .venv-trainer, `make install-trainer`) trains a round every 20 sessions
+    "WITH_TRAINER": "1",
+    "TRAINER_METRICS_PORT": "19203",
+    "TRAINER_BATCH_SESSIONS": "20",
     "PROMETHEUS_PORT": "19090",
     "WITH_PROMETHEUS": "1",
     "PROMETHEUS_SCRAPE_INTERVAL": "2s",
