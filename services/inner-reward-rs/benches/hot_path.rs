@@ -7,31 +7,26 @@ use inner_reward_rs::metrics::Metrics;
 use inner_reward_rs::pb::Feedback;
 use inner_reward_rs::scoring::{self, Signals, Weights};
 use inner_reward_rs::telemetry::{RewardRecord, TelemetryQueue};
+use inner_reward_rs::test_support;
 use std::hint::black_box;
 use std::sync::Arc;
 
+/// The shared valid feedback, varied per `i` (ids, signals) so slates are not one value.
 fn feedback(i: u32) -> Feedback {
-    Feedback {
-        event_id: format!("e-{i}"),
-        request_id: "r-1".into(),
-        user_id: format!("u-{}", i % 100),
-        session_id: "s-1".into(),
-        item_id: format!("i-{i}"),
-        position: i % 100,
-        event_time_ms: 1_763_888_400_000,
-        clicked: i.is_multiple_of(3),
-        dwell_seconds: f64::from(i % 60),
-        skipped: i.is_multiple_of(5),
-        predicted_relevance: 0.7,
-        behavior_propensity: 0.2,
-        segment: String::new(),
-    }
+    let mut f = test_support::feedback(&format!("e-{i}"));
+    f.user_id = format!("u-{}", i % 100);
+    f.item_id = format!("i-{i}");
+    f.position = i % 100;
+    f.clicked = i.is_multiple_of(3);
+    f.dwell_seconds = f64::from(i % 60);
+    f.skipped = i.is_multiple_of(5);
+    f
 }
 
 fn record(i: u32) -> RewardRecord {
     let f = feedback(i);
     let s = scoring::score(Signals::from(&f), &Weights::BUILTIN);
-    RewardRecord::new(f, "default".into(), &s, 1)
+    RewardRecord::new(f, "default".into(), &s, 1, None)
 }
 
 fn bench_scoring(c: &mut Criterion) {
@@ -118,6 +113,14 @@ fn bench_serialize(c: &mut Criterion) {
     let r = record(3);
     g.bench_function("serialize_record_json", |b| {
         b.iter(|| serde_json::to_vec(black_box(&r)).map(|v| v.len()))
+    });
+    // What the worker does: serde_json into one reused buffer (no allocation per record).
+    let mut buf = Vec::with_capacity(1024);
+    g.bench_function("serialize_record_json_reused_buffer", |b| {
+        b.iter(|| {
+            buf.clear();
+            serde_json::to_writer(&mut buf, black_box(&r)).map(|()| buf.len())
+        })
     });
     g.finish();
 }

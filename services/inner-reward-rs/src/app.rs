@@ -1,7 +1,9 @@
 //! Wires the pieces together: listeners, weights loader, telemetry, gRPC and metrics servers,
 //! and the shutdown sequence.
 
+use crate::affinity::{self, CpuList};
 use crate::config::{Config, Telemetry};
+use crate::guardrail::Guardrail;
 use crate::metrics::{self, Metrics, MetricsError};
 use crate::pb::inner_reward_server::InnerRewardServer;
 use crate::service::InnerRewardService;
@@ -12,7 +14,7 @@ use crate::weights::{self, LoadError, WeightsStore};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -43,6 +45,12 @@ pub enum AppError {
     Grpc(#[from] tonic::transport::Error),
     #[error("metrics server: {0}")]
     MetricsServer(std::io::Error),
+    #[error("reading TLS {what} {path}: {source}")]
+    TlsFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A server whose ports are bound but which is not serving yet.
@@ -50,6 +58,8 @@ pub struct App {
     config: Config,
     grpc: TcpListener,
     http: TcpListener,
+    /// Certificate chain and key (PEM) when gRPC is served over TLS.
+    tls: Option<tonic::transport::Identity>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
@@ -61,9 +71,28 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppEr
 impl App {
     /// Binds the gRPC and metrics ports (port 0 picks a free one).
     pub async fn bind(config: Config) -> Result<Self, AppError> {
+        let read = |what: &'static str, path: &std::path::PathBuf| {
+            std::fs::read(path).map_err(|source| AppError::TlsFile {
+                what,
+                path: path.clone(),
+                source,
+            })
+        };
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tonic::transport::Identity::from_pem(
+                read("certificate", cert)?,
+                read("key", key)?,
+            )),
+            _ => None,
+        };
         let grpc = bind("grpc", config.grpc_addr).await?;
         let http = bind("metrics", config.metrics_addr).await?;
-        Ok(Self { config, grpc, http })
+        Ok(Self {
+            config,
+            grpc,
+            http,
+            tls,
+        })
     }
 
     /// The bound gRPC address.
@@ -82,7 +111,12 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
-        let App { config, grpc, http } = self;
+        let App {
+            config,
+            grpc,
+            http,
+            tls,
+        } = self;
         let grpc_addr = grpc.local_addr().unwrap_or(config.grpc_addr);
         let metrics_addr = http.local_addr().unwrap_or(config.metrics_addr);
         let metrics = Arc::new(Metrics::new()?);
@@ -101,6 +135,11 @@ impl App {
                 .with_label_values(&[segment.as_str()])
                 .set(i64::try_from(version).unwrap_or(i64::MAX));
         }
+        // Before the loaders start: they may set it first.
+        metrics
+            .exploration_version
+            .with_label_values(&[crate::scoring::DEFAULT_SEGMENT])
+            .set(0);
         let loaders = weights::spawn(
             &config.redis_url,
             Duration::from_secs(config.weights_poll_seconds),
@@ -125,15 +164,29 @@ impl App {
                     spool_settings(&config, grpc_addr),
                     rx,
                     Arc::clone(&metrics),
+                    config.telemetry_cpus.clone(),
                 )?;
                 (Some(queue), Some(worker))
             }
         };
 
+        let guardrail = Arc::new(Guardrail::new(
+            Duration::from_secs(config.latency_window_seconds),
+            Duration::from_millis(config.latency_budget_ms),
+            GUARDRAIL_MIN_SAMPLES,
+            Instant::now(),
+        ));
+        let guardrail_task = tokio::spawn(guardrail_loop(
+            Arc::clone(&guardrail),
+            Arc::clone(&metrics),
+            stop_rx.clone(),
+        ));
+
         let service = InnerRewardService::new(
             Arc::clone(&store),
             queue,
             Arc::clone(&metrics),
+            guardrail,
             usize::try_from(config.max_slate).unwrap_or(usize::MAX),
         );
 
@@ -164,15 +217,27 @@ impl App {
             queue_capacity = config.queue_capacity,
             max_slate = config.max_slate,
             telemetry = ?config.telemetry,
+            tls = config.tls_cert.is_some(),
             "inner-reward-rs serving"
         );
 
         let mut grpc_stop = stop_rx.clone();
         let grpc_health = health.clone();
-        let served = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = tls {
+            builder =
+                builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+        }
+        let served = builder
+            .layer(tower::util::MapResponseLayer::new(
+                oversized_is_resource_exhausted,
+            ))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(InnerRewardServer::new(service))
+            .add_service(
+                InnerRewardServer::new(service)
+                    .max_decoding_message_size(config.max_message_bytes as usize),
+            )
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(grpc).with_nodelay(Some(true)),
                 async move {
@@ -195,6 +260,7 @@ impl App {
         for task in loaders {
             task.abort();
         }
+        guardrail_task.abort();
         let http_result = match http_server.await {
             Ok(r) => r.map_err(AppError::MetricsServer),
             Err(e) => {
@@ -206,6 +272,99 @@ impl App {
         http_result?;
         tracing::info!("inner-reward-rs stopped");
         Ok(())
+    }
+}
+
+/// Fewest calls in the guardrail's window for a verdict (a quiet server is never degraded).
+const GUARDRAIL_MIN_SAMPLES: u64 = 200;
+
+/// Ticks the guardrail every second, mirrors it into the metrics and logs state changes.
+async fn guardrail_loop(
+    guardrail: Arc<Guardrail>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = ticker.tick() => {}
+        }
+        let e = guardrail.tick(Instant::now());
+        metrics
+            .handler_latency_p99
+            .set(e.p99.map_or(0.0, |p| p.as_secs_f64()));
+        metrics.guardrail_active.set(i64::from(e.active));
+        if e.changed && e.active {
+            metrics.guardrail_activations.inc();
+            tracing::warn!(
+                p99_ms = e.p99.map_or(0.0, |p| p.as_secs_f64() * 1e3),
+                budget_ms = guardrail.budget().as_secs_f64() * 1e3,
+                calls_in_window = e.samples,
+                "degraded: handler P99 over the latency budget; shedding reward-quality metrics (still serving)"
+            );
+        } else if e.changed {
+            tracing::info!(
+                p99_ms = e.p99.map_or(0.0, |p| p.as_secs_f64() * 1e3),
+                "handler P99 back under the latency budget; guardrail off"
+            );
+        }
+    }
+}
+
+/// How the server's tokio runtime is built (see `Config::worker_threads`, `Config::serving_cpus`).
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeSettings {
+    /// 0: one worker per CPU this process may use (after pinning); 1: a `current_thread`
+    /// runtime (everything on the main thread); n > 1: a multi-thread runtime with n workers.
+    pub worker_threads: usize,
+    /// Pin the main thread, hence every runtime thread, to these CPUs.
+    pub serving_cpus: Option<CpuList>,
+}
+
+impl RuntimeSettings {
+    /// From `INNER_REWARD_WORKER_THREADS` and `INNER_REWARD_SERVING_CPUS` (for the benchmark's
+    /// empty server, which has no flags).
+    pub fn from_env() -> Result<Self, String> {
+        let worker_threads = match std::env::var("INNER_REWARD_WORKER_THREADS") {
+            Ok(v) => v
+                .parse()
+                .map_err(|_| format!("INNER_REWARD_WORKER_THREADS={v:?} is not a number"))?,
+            Err(_) => 0,
+        };
+        let serving_cpus = match std::env::var("INNER_REWARD_SERVING_CPUS") {
+            Ok(v) => Some(
+                v.parse()
+                    .map_err(|e| format!("INNER_REWARD_SERVING_CPUS: {e}"))?,
+            ),
+            Err(_) => None,
+        };
+        Ok(Self {
+            worker_threads,
+            serving_cpus,
+        })
+    }
+
+    /// Pins the calling thread (when asked) and builds the runtime.
+    pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        if let Some(cpus) = &self.serving_cpus {
+            affinity::pin_current_thread(cpus)?;
+        }
+        let workers = match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        if workers == 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+        }
     }
 }
 
@@ -240,6 +399,70 @@ fn spool_settings(config: &Config, grpc_addr: SocketAddr) -> SpoolSettings {
         max_in_flight: usize::try_from(config.kafka_max_in_flight).unwrap_or(usize::MAX),
         remove_when_empty,
     }
+}
+
+/// tonic refuses a request bigger than `max_decoding_message_size` with OUT_OF_RANGE ("Error,
+/// decoded message length too large: found N bytes, the limit is: M bytes"); gRPC's own
+/// implementations (and clients' retry policies) use RESOURCE_EXHAUSTED for that, so the
+/// answer is rewritten to RESOURCE_EXHAUSTED with a message that names the setting.
+fn oversized_is_resource_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    const MARK: &str = "decoded%20message%20length%20too%20large";
+    let headers = response.headers();
+    let is_oversized = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| m.contains(MARK));
+    if !is_oversized {
+        return response;
+    }
+    let original = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or_default();
+    let decoded = percent_decode(original);
+    let numbers: Vec<&str> = decoded
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let message = match numbers.as_slice() {
+        [found, limit, ..] => format!(
+            "request message of {found} bytes is larger than INNER_REWARD_MAX_MESSAGE_BYTES ({limit} bytes); split the slate or raise the limit"
+        ),
+        _ => "request message larger than INNER_REWARD_MAX_MESSAGE_BYTES".to_owned(),
+    };
+    let headers = response.headers_mut();
+    headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    if let Ok(v) = http::HeaderValue::from_str(&message) {
+        headers.insert("grpc-message", v);
+    }
+    response
+}
+
+/// Decodes the `%XX` escapes of a `grpc-message` (anything malformed is kept as is).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The URL without its password, for logs.
@@ -292,6 +515,16 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::redact;
+
+    #[test]
+    fn decodes_grpc_messages() {
+        assert_eq!(
+            super::percent_decode("found%205064%20bytes,%20100%25"),
+            "found 5064 bytes, 100%"
+        );
+        assert_eq!(super::percent_decode("50%"), "50%");
+        assert_eq!(super::percent_decode("%zz"), "%zz");
+    }
 
     #[test]
     fn redacts_passwords() {

@@ -1,6 +1,7 @@
 //! Command-line flags, each also readable from the environment variable named in
 //! `docs/architecture.md` (the flag wins over the variable).
 
+use crate::affinity::CpuList;
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -112,6 +113,48 @@ pub struct Config {
     #[arg(long, env = "INNER_REWARD_TELEMETRY", value_enum, default_value = "on")]
     pub telemetry: Telemetry,
 
+    /// PEM certificate chain for gRPC over TLS (with INNER_REWARD_TLS_KEY; both or neither).
+    /// Unset: plaintext gRPC (loopback / inside a mesh that terminates TLS).
+    #[arg(long, env = "INNER_REWARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of INNER_REWARD_TLS_CERT.
+    #[arg(long, env = "INNER_REWARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Largest accepted request message (bytes, after decompression); larger calls get
+    /// RESOURCE_EXHAUSTED before anything is decoded.
+    #[arg(long, env = "INNER_REWARD_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_message_bytes: u32,
+
+    /// Latency guardrail: budget (ms) for the P99 of the handler latency over the sliding
+    /// window; above it the scorer reports degraded (metric, log, /healthz body; still SERVING)
+    /// and sheds the per-feedback reward-quality metrics until the P99 is under 80 % of it.
+    #[arg(long, env = "INNER_REWARD_LATENCY_BUDGET_MS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub latency_budget_ms: u64,
+
+    /// Length of the guardrail's sliding window, in seconds (one-second slots).
+    #[arg(long, env = "INNER_REWARD_LATENCY_WINDOW_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(2..=600))]
+    pub latency_window_seconds: u64,
+
+    /// Threads of the gRPC runtime: 0 = one per CPU this process may use (after
+    /// INNER_REWARD_SERVING_CPUS); 1 = a single-threaded runtime (no cross-thread scheduling;
+    /// the choice for one serving core); n = a multi-thread runtime with n workers.
+    #[arg(long, env = "INNER_REWARD_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
+    /// CPUs (Linux list, e.g. `0` or `0-3`) for the gRPC runtime threads; unset = no pinning.
+    #[arg(long, env = "INNER_REWARD_SERVING_CPUS")]
+    pub serving_cpus: Option<CpuList>,
+
+    /// CPUs for the telemetry worker and librdkafka's threads (serialization, compression,
+    /// broker I/O), so they do not compete with the serving threads; unset = no pinning.
+    #[arg(long, env = "INNER_REWARD_TELEMETRY_CPUS")]
+    pub telemetry_cpus: Option<CpuList>,
+
     /// Log format: `console` or `json`. The level is read from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "console")]
     pub log_format: LogFormat,
@@ -142,6 +185,29 @@ mod tests {
         assert_eq!(c.grpc_addr.port(), 0);
         assert_eq!(c.max_slate, 7);
         assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.serving_cpus, None);
+        let c = Config::try_parse_from([
+            "inner-reward-rs",
+            "--serving-cpus",
+            "0",
+            "--telemetry-cpus",
+            "1-2",
+        ])
+        .expect("parses");
+        assert_eq!(c.serving_cpus, Some(CpuList(vec![0])));
+        assert_eq!(c.telemetry_cpus, Some(CpuList(vec![1, 2])));
+        assert!(Config::try_parse_from(["inner-reward-rs", "--serving-cpus", "x"]).is_err());
+        // TLS needs both files.
+        assert!(Config::try_parse_from(["inner-reward-rs", "--tls-cert", "c.pem"]).is_err());
+        assert!(Config::try_parse_from(["inner-reward-rs", "--tls-key", "k.pem"]).is_err());
+        assert!(Config::try_parse_from([
+            "inner-reward-rs",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem"
+        ])
+        .is_ok());
         assert!(Config::try_parse_from(["inner-reward-rs", "--queue-capacity", "0"]).is_err());
     }
 }

@@ -4,14 +4,19 @@
 //! hot-reloaded from Redis, and publishes every scored action to Kafka (`recsys.reward.raw`).
 //! Contracts (names, keys, ports, record shapes) live in `docs/architecture.md`.
 
+pub mod affinity;
 pub mod app;
 pub mod config;
+pub mod exploration;
+pub mod guardrail;
 pub mod logging;
 pub mod metrics;
 pub mod scoring;
 pub mod service;
 pub mod spool;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod test_support;
 pub mod weights;
 
 /// Generated `rewardloop.v1` messages, server and client.

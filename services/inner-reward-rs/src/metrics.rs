@@ -53,6 +53,17 @@ pub struct Metrics {
     part_abs: [Counter; 4],
     pub behavior_propensity: Histogram,
     pub invalid_fields: IntCounterVec,
+    /// Feedbacks scored with an exploration action, by segment.
+    pub explored: IntCounterVec,
+    /// Version of the exploration document in use, by segment (0: none).
+    pub exploration_version: IntGaugeVec,
+    /// 1 while the latency guardrail is active (handler P99 over budget; optional work shed).
+    pub guardrail_active: IntGauge,
+    /// Handler-latency P99 over the guardrail's sliding window (seconds).
+    pub handler_latency_p99: prometheus::Gauge,
+    pub guardrail_activations: IntCounter,
+    /// Feedbacks whose optional work (reward-quality metrics) was shed.
+    pub guardrail_shed: IntCounter,
 }
 
 impl Metrics {
@@ -161,6 +172,36 @@ impl Metrics {
             ),
             &["field"],
         )?;
+        let explored = IntCounterVec::new(
+            Opts::new(
+                "rewardloop_inner_explored_total",
+                "Feedbacks scored with an exploration action (the user is in the exploration slice), by segment",
+            ),
+            &["segment"],
+        )?;
+        let exploration_version = IntGaugeVec::new(
+            Opts::new(
+                "rewardloop_inner_exploration_version",
+                "Version of the exploration document in use, by segment (0: none)",
+            ),
+            &["segment"],
+        )?;
+        let guardrail_active = IntGauge::new(
+            "rewardloop_inner_guardrail_active",
+            "1 while the handler-latency P99 over the sliding window is over INNER_REWARD_LATENCY_BUDGET_MS (degraded: optional work is shed; still SERVING)",
+        )?;
+        let handler_latency_p99 = prometheus::Gauge::new(
+            "rewardloop_inner_handler_latency_p99_seconds",
+            "P99 of the gRPC handler latency over the guardrail's sliding window (upper bucket bound; 0 below the minimum sample count)",
+        )?;
+        let guardrail_activations = IntCounter::new(
+            "rewardloop_inner_guardrail_activations_total",
+            "Times the latency guardrail switched to degraded",
+        )?;
+        let guardrail_shed = IntCounter::new(
+            "rewardloop_inner_guardrail_shed_total",
+            "Feedbacks scored while degraded, whose optional work (reward-part and propensity metrics) was skipped",
+        )?;
         for f in VIOLATION_FIELDS {
             invalid_fields.with_label_values(&[f]);
         }
@@ -185,6 +226,12 @@ impl Metrics {
             Box::new(reward_part_abs.clone()),
             Box::new(behavior_propensity.clone()),
             Box::new(invalid_fields.clone()),
+            Box::new(explored.clone()),
+            Box::new(exploration_version.clone()),
+            Box::new(guardrail_active.clone()),
+            Box::new(handler_latency_p99.clone()),
+            Box::new(guardrail_activations.clone()),
+            Box::new(guardrail_shed.clone()),
         ] {
             registry.register(c)?;
         }
@@ -214,6 +261,12 @@ impl Metrics {
             part_abs,
             behavior_propensity,
             invalid_fields,
+            explored,
+            exploration_version,
+            guardrail_active,
+            handler_latency_p99,
+            guardrail_activations,
+            guardrail_shed,
         })
     }
 
@@ -238,6 +291,15 @@ impl Metrics {
             .inc();
     }
 
+    /// The metric children of one method, resolved once (label lookups take a read lock).
+    pub fn method(&self, method: &str) -> MethodMetrics {
+        MethodMetrics {
+            method: method.to_owned(),
+            duration: self.request_duration.with_label_values(&[method]),
+            ok: self.requests.with_label_values(&[method, "OK"]),
+        }
+    }
+
     /// Records one finished request.
     pub fn observe_request(&self, method: &str, code: tonic::Code, seconds: f64) {
         self.request_duration
@@ -256,6 +318,29 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Pre-resolved metrics of one gRPC method.
+#[derive(Clone)]
+pub struct MethodMetrics {
+    method: String,
+    duration: Histogram,
+    ok: IntCounter,
+}
+
+impl MethodMetrics {
+    /// Records one finished request (label lookup only for non-OK codes).
+    pub fn observe(&self, metrics: &Metrics, code: tonic::Code, seconds: f64) {
+        self.duration.observe(seconds);
+        if code == tonic::Code::Ok {
+            self.ok.inc();
+        } else {
+            metrics
+                .requests
+                .with_label_values(&[self.method.as_str(), code_name(code)])
+                .inc();
+        }
     }
 }
 
@@ -287,8 +372,17 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/metrics", get(serve_metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .with_state(metrics)
+}
+
+/// Liveness: always 200; the body says `degraded` while the latency guardrail is active.
+async fn healthz(State(metrics): State<Arc<Metrics>>) -> &'static str {
+    if metrics.guardrail_active.get() > 0 {
+        "degraded: handler P99 over INNER_REWARD_LATENCY_BUDGET_MS; shedding optional work\n"
+    } else {
+        "ok\n"
+    }
 }
 
 async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {

@@ -267,21 +267,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn valid() -> Feedback {
-        Feedback {
-            event_id: "e-1".into(),
-            request_id: "r-1".into(),
-            user_id: "u-1".into(),
-            session_id: "s-1".into(),
-            item_id: "i-9".into(),
-            position: 0,
-            event_time_ms: 1_763_888_400_000,
-            clicked: true,
-            dwell_seconds: 12.5,
-            skipped: false,
-            predicted_relevance: 0.7,
-            behavior_propensity: 0.2,
-            segment: String::new(),
-        }
+        crate::test_support::feedback("e-1")
     }
 
     fn approx(a: f64, b: f64) -> bool {
@@ -503,11 +489,11 @@ mod tests {
 }
 
 #[cfg(test)]
-mod properties {
+pub(crate) mod properties {
     use super::*;
     use proptest::prelude::*;
 
-    fn any_f64() -> impl Strategy<Value = f64> {
+    pub(crate) fn any_f64() -> impl Strategy<Value = f64> {
         prop_oneof![
             Just(f64::NAN),
             Just(f64::INFINITY),
@@ -525,7 +511,7 @@ mod properties {
         ]
     }
 
-    fn any_id() -> impl Strategy<Value = String> {
+    pub(crate) fn any_id() -> impl Strategy<Value = String> {
         prop_oneof![
             Just(String::new()),
             "[a-z0-9-]{1,16}",
@@ -535,7 +521,7 @@ mod properties {
     }
 
     prop_compose! {
-        fn any_feedback()(
+        pub(crate) fn any_feedback()(
             event_id in any_id(), user_id in any_id(), session_id in any_id(), item_id in any_id(),
             request_id in any_id(), segment in any_id(),
             position in any::<u32>(), event_time_ms in any::<i64>(),
@@ -549,7 +535,7 @@ mod properties {
     }
 
     prop_compose! {
-        fn in_bounds_weights()(
+        pub(crate) fn in_bounds_weights()(
             click in 0.0..=5.0f64, dwell in 0.0..=5.0f64, skip in -5.0..=0.0f64, relevance in 0.0..=5.0f64,
         ) -> Weights {
             Weights { click, dwell, skip, relevance }

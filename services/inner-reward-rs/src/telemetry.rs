@@ -16,6 +16,8 @@
 //! most the flush timeout, then purges librdkafka and writes what it gave back in front of the
 //! spool, which the next start replays.
 
+use crate::affinity::{leave_realtime, pin_current_thread, CpuList};
+use crate::exploration::Assignment;
 use crate::metrics::Metrics;
 use crate::pb::Feedback;
 use crate::scoring::{Parts, Score};
@@ -58,12 +60,22 @@ pub struct RewardRecord {
     pub parts: Parts,
     pub weights_version: u64,
     pub scored_at_ms: i64,
+    /// Exploration slice (null without an active exploration document).
+    pub explore_action: Option<u64>,
+    pub explore_probability: Option<f64>,
+    pub exploration_version: Option<u64>,
 }
 
 impl RewardRecord {
     /// Builds the record from a validated feedback (moved in, no copies) and its score.
     /// `segment` is the feedback's segment with empty mapped to `default`.
-    pub fn new(f: Feedback, segment: String, score: &Score, weights_version: u64) -> Self {
+    pub fn new(
+        f: Feedback,
+        segment: String,
+        score: &Score,
+        weights_version: u64,
+        explore: Option<&Assignment<'_>>,
+    ) -> Self {
         Self {
             event_id: f.event_id,
             request_id: f.request_id,
@@ -83,6 +95,9 @@ impl RewardRecord {
             parts: score.parts,
             weights_version,
             scored_at_ms: now_ms(),
+            explore_action: explore.and_then(|a| a.action.map(|a| a.id)),
+            explore_probability: explore.map(|a| a.probability),
+            exploration_version: explore.map(|a| a.version),
         }
     }
 }
@@ -418,7 +433,11 @@ fn producer(
         .set("client.id", "inner-reward-rs")
         .set("acks", "all")
         .set("enable.idempotence", "true")
+        // Batching: up to 10 ms or 10 000 records / 1 MB per partition batch, lz4-compressed
+        // (JSON records compress ~3-4x), so the broker sees few large requests.
         .set("linger.ms", "10")
+        .set("batch.num.messages", "10000")
+        .set("batch.size", "1000000")
         .set("compression.type", "lz4")
         // Never give up on a record: outages are bounded by max_in_flight + the spool.
         .set("message.timeout.ms", "0")
@@ -439,12 +458,15 @@ pub struct TelemetryWorker {
 }
 
 impl TelemetryWorker {
-    /// Opens the spool, creates the producer and starts the worker thread draining `rx`.
+    /// Opens the spool and starts the worker thread draining `rx`. The thread pins itself to
+    /// `cpus` (when given) *before* it creates the Kafka producer, so librdkafka's threads
+    /// inherit that affinity and stay off the serving CPUs.
     pub fn start(
         settings: KafkaSettings,
         spool: SpoolSettings,
         rx: QueueReceiver,
         metrics: Arc<Metrics>,
+        cpus: Option<CpuList>,
     ) -> Result<Self, TelemetryError> {
         let opened = Spool::open(&spool.dir, spool.max_bytes, spool.segment_bytes)?;
         if !opened.is_empty() {
@@ -455,45 +477,81 @@ impl TelemetryWorker {
                 "spool from a previous run found; replaying it before new events"
             );
         }
-        let rescued = Arc::new(SegQueue::new());
-        let last_ack_ms = Arc::new(AtomicI64::new(now_ms()));
-        let producer = producer(
-            &settings,
-            spool.max_in_flight,
-            DeliveryCounter {
-                metrics: Arc::clone(&metrics),
-                delivery_log: LogLimiter::every(1),
-                client_log: LogLimiter::every(KAFKA_LOG_EVERY_S),
-                rescued: Arc::clone(&rescued),
-                last_ack_ms: Arc::clone(&last_ack_ms),
-            },
-        )?;
         let stop = Arc::new(AtomicBool::new(false));
-        let mut worker = Worker {
-            topic: settings.topic.clone(),
-            flush_timeout: settings.flush_timeout,
-            producer,
-            rx,
-            spooling: !opened.is_empty(),
-            spool: opened,
-            remove_when_empty: spool.remove_when_empty,
-            rescued,
-            last_ack_ms,
-            pending: VecDeque::new(),
-            unspooled: VecDeque::new(),
-            metrics,
-            max_in_flight: spool.max_in_flight.max(1),
-            spool_log: LogLimiter::every(5),
-        };
         let thread_stop = Arc::clone(&stop);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), KafkaError>>(1);
         let handle = std::thread::Builder::new()
             .name("telemetry".into())
-            .spawn(move || worker.run(&thread_stop))
+            .spawn(move || {
+                match leave_realtime() {
+                    Ok(true) => tracing::info!("telemetry thread runs at normal priority (the server runs at a real-time one)"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot leave real-time scheduling for the telemetry thread"),
+                }
+                if let Some(cpus) = &cpus {
+                    match pin_current_thread(cpus) {
+                        Ok(()) => tracing::info!(%cpus, "telemetry thread and librdkafka pinned"),
+                        Err(e) => tracing::warn!(%cpus, error = %e, "cannot pin the telemetry thread; running unpinned"),
+                    }
+                }
+                let rescued = Arc::new(SegQueue::new());
+                let last_ack_ms = Arc::new(AtomicI64::new(now_ms()));
+                let producer = match producer(
+                    &settings,
+                    spool.max_in_flight,
+                    DeliveryCounter {
+                        metrics: Arc::clone(&metrics),
+                        delivery_log: LogLimiter::every(1),
+                        client_log: LogLimiter::every(KAFKA_LOG_EVERY_S),
+                        rescued: Arc::clone(&rescued),
+                        last_ack_ms: Arc::clone(&last_ack_ms),
+                    },
+                ) {
+                    Ok(p) => {
+                        let _ = ready_tx.send(Ok(()));
+                        p
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let mut worker = Worker {
+                    topic: settings.topic.clone(),
+                    flush_timeout: settings.flush_timeout,
+                    producer,
+                    rx,
+                    spooling: !opened.is_empty(),
+                    spool: opened,
+                    remove_when_empty: spool.remove_when_empty,
+                    rescued,
+                    last_ack_ms,
+                    pending: VecDeque::new(),
+                    unspooled: VecDeque::new(),
+                    metrics,
+                    max_in_flight: spool.max_in_flight.max(1),
+                    spool_log: LogLimiter::every(5),
+                    payload: Vec::with_capacity(1024),
+                };
+                worker.run(&thread_stop);
+            })
             .map_err(TelemetryError::Thread)?;
-        Ok(Self {
-            stop,
-            handle: Some(handle),
-        })
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self {
+                stop,
+                handle: Some(handle),
+            }),
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(TelemetryError::Producer(e))
+            }
+            Err(_) => {
+                let _ = handle.join();
+                Err(TelemetryError::Thread(std::io::Error::other(
+                    "telemetry thread ended before creating the producer",
+                )))
+            }
+        }
     }
 
     /// Stops taking new records, publishes what is queued and spooled (bounded by the flush
@@ -534,6 +592,9 @@ struct Worker {
     metrics: Arc<Metrics>,
     max_in_flight: usize,
     spool_log: LogLimiter,
+    /// Reused serialization buffer: librdkafka copies the payload, so the direct path allocates
+    /// nothing per record (an owned copy is made only for records that go to the spool).
+    payload: Vec<u8>,
 }
 
 enum Sent {
@@ -568,24 +629,30 @@ impl Worker {
     }
 
     fn send(&self, frame: Frame) -> Sent {
-        let (key, payload) = frame;
+        if self.send_slices(&frame.0, &frame.1) {
+            Sent::Ok
+        } else {
+            Sent::Full(frame)
+        }
+    }
+
+    /// Hands one record to librdkafka (which copies it); false when it was not taken.
+    fn send_slices(&self, key: &[u8], payload: &[u8]) -> bool {
         let r = self.producer.send(
             BaseRecord::<[u8], [u8]>::to(&self.topic)
-                .key(key.as_slice())
-                .payload(payload.as_slice()),
+                .key(key)
+                .payload(payload),
         );
         match r {
-            Ok(()) => Sent::Ok,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                Sent::Full((key, payload))
-            }
+            Ok(()) => true,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => false,
             Err((e, _)) => {
                 // Not retryable by librdkafka (e.g. an unknown topic): keep it, retry later.
                 self.metrics.events_failed.inc();
                 if let Some(suppressed) = self.spool_log.allow() {
                     tracing::warn!(error = %e, suppressed, "kafka refused a record; spooling it");
                 }
-                Sent::Full((key, payload))
+                false
             }
         }
     }
@@ -689,23 +756,24 @@ impl Worker {
             let n = self.rx.pop_batch(BATCH, buf);
             work += n;
             let mut room = if self.spooling { 0 } else { self.kafka_room() };
+            let mut payload = std::mem::take(&mut self.payload);
             for record in buf.drain(..) {
-                let payload = match serde_json::to_vec(&record) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        // Unreachable for this plain struct; never silently lost.
-                        self.metrics.events_failed.inc();
-                        tracing::error!(error = %e, event_id = %record.event_id, "serializing reward record failed");
-                        continue;
-                    }
-                };
-                let frame = (record.user_id.into_bytes(), payload);
+                payload.clear();
+                if let Err(e) = serde_json::to_writer(&mut payload, &record) {
+                    // Unreachable for this plain struct; never silently lost.
+                    self.metrics.events_failed.inc();
+                    tracing::error!(error = %e, event_id = %record.event_id, "serializing reward record failed");
+                    continue;
+                }
+                let key = record.user_id.into_bytes();
                 if !self.spooling && room > 0 {
-                    match self.send(frame) {
-                        Sent::Ok => room -= 1,
-                        Sent::Full(frame) => self.spill(frame),
+                    if self.send_slices(&key, &payload) {
+                        room -= 1;
+                    } else {
+                        self.spill((key, payload.clone()));
                     }
                 } else {
+                    let frame = (key, payload.clone());
                     if !self.spooling {
                         tracing::info!(
                             in_flight = self.in_flight(),
@@ -715,6 +783,7 @@ impl Worker {
                     self.spill(frame);
                 }
             }
+            self.payload = payload;
         }
         if !self.unspooled.is_empty() {
             self.spool_unspooled();
@@ -834,27 +903,13 @@ mod tests {
     use crate::scoring::{score, Signals, Weights};
 
     fn feedback() -> Feedback {
-        Feedback {
-            event_id: "e-1".into(),
-            request_id: "r-1".into(),
-            user_id: "u-1".into(),
-            session_id: "s-1".into(),
-            item_id: "i-9".into(),
-            position: 0,
-            event_time_ms: 1_763_888_400_000,
-            clicked: true,
-            dwell_seconds: 12.5,
-            skipped: false,
-            predicted_relevance: 0.7,
-            behavior_propensity: 0.2,
-            segment: String::new(),
-        }
+        crate::test_support::feedback("e-1")
     }
 
     fn record() -> RewardRecord {
         let f = feedback();
         let s = score(Signals::from(&f), &Weights::BUILTIN);
-        RewardRecord::new(f, "default".into(), &s, 3)
+        RewardRecord::new(f, "default".into(), &s, 3, None)
     }
 
     #[test]
@@ -881,6 +936,9 @@ mod tests {
             "parts",
             "weights_version",
             "scored_at_ms",
+            "explore_action",
+            "explore_probability",
+            "exploration_version",
         ];
         let mut got = keys.clone();
         got.sort_unstable();
@@ -894,6 +952,9 @@ mod tests {
         assert_eq!(v["parts"]["click"], 1.0);
         assert_eq!(v["parts"]["skip"], 0.0);
         assert!(v["scored_at_ms"].as_i64().unwrap_or_default() > 1_700_000_000_000);
+        // No exploration document: the fields are present and null.
+        assert!(v["explore_action"].is_null() && v["explore_probability"].is_null());
+        assert!(v["exploration_version"].is_null());
     }
 
     #[test]
@@ -983,6 +1044,7 @@ mod tests {
             spool_settings(dir.path()),
             rx,
             Arc::clone(&metrics),
+            None,
         )
         .expect("producer");
         for i in 0..3 {
@@ -1005,7 +1067,7 @@ mod tests {
         let (q, rx) = TelemetryQueue::new(64, Arc::clone(&metrics));
         let mut settings = spool_settings(dir.path());
         settings.max_in_flight = 5; // the 6th record onwards overflows to disk
-        let worker = TelemetryWorker::start(kafka_down(), settings, rx, Arc::clone(&metrics))
+        let worker = TelemetryWorker::start(kafka_down(), settings, rx, Arc::clone(&metrics), None)
             .expect("producer");
         for i in 0..50 {
             assert_eq!(q.enqueue(numbered(i)), Ok(()));

@@ -1,10 +1,12 @@
 //! Per-segment weights: a lock-free store (arc-swap) read by every request, and the Redis
 //! loader that fills it (full SCAN at start and every poll interval, pub/sub for hot reload).
 
+use crate::exploration::{self, parse_exploration, ExplorationDoc};
 use crate::metrics::Metrics;
 use crate::scoring::{Weights, DEFAULT_SEGMENT};
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
+use prometheus::IntCounter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -130,8 +132,21 @@ pub struct UpdateMessage {
     pub version: Option<u64>,
 }
 
-/// Parses a pub/sub announcement.
+/// Parses a pub/sub announcement: `{"segment": ..., "version": ...}` (other fields ignored) or
+/// a bare segment name.
 pub fn parse_update(payload: &[u8]) -> Result<UpdateMessage, DocError> {
+    let bare = std::str::from_utf8(payload).ok().filter(|s| {
+        !s.is_empty()
+            && s.len() <= crate::scoring::MAX_ID_BYTES
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'"')
+    });
+    if let Some(segment) = bare {
+        return Ok(UpdateMessage {
+            segment: segment.to_owned(),
+            version: None,
+        });
+    }
     let m: UpdateMessage =
         serde_json::from_slice(payload).map_err(|e| DocError::Json(e.to_string()))?;
     if m.segment.is_empty() {
@@ -159,7 +174,18 @@ type SegmentMap = HashMap<String, Arc<WeightsDoc>>;
 /// map, which is tiny (one entry per segment).
 pub struct WeightsStore {
     map: ArcSwap<SegmentMap>,
+    /// Exploration documents by segment (absent: no exploration), same copy-on-write scheme.
+    explore: ArcSwap<ExplorationMap>,
 }
+
+/// An exploration document in use, with its segment's `explored_total` counter resolved once.
+#[derive(Debug)]
+pub struct ActiveExploration {
+    pub doc: ExplorationDoc,
+    pub explored: IntCounter,
+}
+
+type ExplorationMap = HashMap<String, Arc<ActiveExploration>>;
 
 impl Default for WeightsStore {
     fn default() -> Self {
@@ -177,7 +203,60 @@ impl WeightsStore {
         );
         Self {
             map: ArcSwap::from_pointee(m),
+            explore: ArcSwap::from_pointee(ExplorationMap::new()),
         }
+    }
+
+    /// The exploration document of `segment`, if one is in use.
+    pub fn exploration(&self, segment: &str) -> Option<Arc<ActiveExploration>> {
+        let map = self.explore.load();
+        if map.is_empty() {
+            return None;
+        }
+        map.get(segment).cloned()
+    }
+
+    /// Swaps `doc` in for its segment if its version is newer than the one in use.
+    pub fn offer_exploration(&self, doc: ExplorationDoc, explored: IntCounter) -> Offer {
+        let active = Arc::new(ActiveExploration { doc, explored });
+        let mut outcome = Offer::Applied;
+        self.explore.rcu(|current| {
+            outcome = match current.get(&active.doc.segment).map(|a| a.doc.version) {
+                Some(v) if active.doc.version == v => Offer::Unchanged,
+                Some(v) if active.doc.version < v => Offer::Stale,
+                _ => Offer::Applied,
+            };
+            let mut next = ExplorationMap::clone(current);
+            if outcome == Offer::Applied {
+                next.insert(active.doc.segment.clone(), Arc::clone(&active));
+            }
+            next
+        });
+        outcome
+    }
+
+    /// Ends exploration for `segment`; true when a document was in use.
+    pub fn remove_exploration(&self, segment: &str) -> bool {
+        let mut removed = false;
+        self.explore.rcu(|current| {
+            removed = current.contains_key(segment);
+            let mut next = ExplorationMap::clone(current);
+            next.remove(segment);
+            next
+        });
+        removed
+    }
+
+    /// Every segment with an exploration document and its version.
+    pub fn exploration_versions(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = self
+            .explore
+            .load()
+            .iter()
+            .map(|(s, a)| (s.clone(), a.doc.version))
+            .collect();
+        v.sort();
+        v
     }
 
     /// The document for `segment`, falling back to `default` (always present).
@@ -305,26 +384,78 @@ impl Loader {
         }
     }
 
-    /// Re-reads one segment's document.
+    /// Validates and applies one raw exploration document (None: the key is absent, which
+    /// ends exploration for the segment). Invalid documents are counted and logged.
+    fn apply_exploration(&self, segment: &str, raw: Option<&[u8]>) {
+        let gauge = || {
+            self.metrics
+                .exploration_version
+                .with_label_values(&[segment])
+        };
+        let Some(raw) = raw else {
+            if self.store.remove_exploration(segment) {
+                gauge().set(0);
+                tracing::info!(segment, "exploration document removed; exploration off");
+            }
+            return;
+        };
+        match parse_exploration(segment, raw) {
+            Ok(doc) => {
+                let (version, slice, actions) = (doc.version, doc.slice, doc.actions.len());
+                let explored = self.metrics.explored.with_label_values(&[segment]);
+                match self.store.offer_exploration(doc, explored) {
+                    Offer::Applied => {
+                        gauge().set(i64::try_from(version).unwrap_or(i64::MAX));
+                        tracing::info!(
+                            segment,
+                            version,
+                            slice,
+                            actions,
+                            "exploration document swapped in"
+                        );
+                    }
+                    Offer::Unchanged => {}
+                    Offer::Stale => tracing::warn!(
+                        segment,
+                        version,
+                        "ignoring exploration document older than the one in use"
+                    ),
+                }
+            }
+            Err(e) => {
+                self.metrics.weights_reload_errors.inc();
+                tracing::warn!(segment, error = %e, "refusing invalid exploration document; keeping the previous one");
+            }
+        }
+    }
+
+    /// Re-reads one segment's weights and exploration documents (one round trip).
     pub async fn reload_segment(&self, segment: &str) -> Result<(), LoadError> {
         let mut conn = self.conn.clone();
-        let key = format!("{KEY_PREFIX}{segment}");
-        let raw: Option<Vec<u8>> = with_timeout(redis::cmd("GET").arg(&key).query_async(&mut conn))
-            .await
-            .inspect_err(|_| self.metrics.weights_reload_errors.inc())?;
-        match raw {
+        let (weights, explore): (Option<Vec<u8>>, Option<Vec<u8>>) = with_timeout(
+            redis::pipe()
+                .cmd("GET")
+                .arg(format!("{KEY_PREFIX}{segment}"))
+                .cmd("GET")
+                .arg(format!("{}{segment}", exploration::KEY_PREFIX))
+                .query_async(&mut conn),
+        )
+        .await
+        .inspect_err(|_| self.metrics.weights_reload_errors.inc())?;
+        match weights {
             Some(raw) => self.apply(segment, &raw),
             None => tracing::debug!(segment, "no weights document in redis"),
         }
+        self.apply_exploration(segment, explore.as_deref());
         Ok(())
     }
 
-    /// SCANs every `rewardloop:weights:*` key and re-reads each document.
-    pub async fn reload_all(&self) -> Result<usize, LoadError> {
+    /// The segments of every key matching `prefix*`.
+    async fn scan_segments(&self, prefix: &str) -> Result<Vec<String>, LoadError> {
         let mut conn = self.conn.clone();
-        let pattern = format!("{KEY_PREFIX}*");
+        let pattern = format!("{prefix}*");
         let mut cursor: u64 = 0;
-        let mut keys = Vec::new();
+        let mut segments = Vec::new();
         loop {
             let (next, batch): (u64, Vec<String>) = with_timeout(
                 redis::cmd("SCAN")
@@ -337,22 +468,39 @@ impl Loader {
             )
             .await
             .inspect_err(|_| self.metrics.weights_reload_errors.inc())?;
-            keys.extend(batch);
+            segments.extend(batch.into_iter().map(|k| k[prefix.len()..].to_owned()));
             if next == 0 {
                 break;
             }
             cursor = next;
         }
-        keys.sort();
-        keys.dedup();
-        for key in &keys {
-            let segment = &key[KEY_PREFIX.len()..];
+        Ok(segments)
+    }
+
+    /// SCANs every `rewardloop:weights:*` and `rewardloop:exploration:*` key and re-reads each
+    /// segment (also those whose exploration document disappeared). Returns the number of
+    /// weights documents found.
+    pub async fn reload_all(&self) -> Result<usize, LoadError> {
+        let mut weights = self.scan_segments(KEY_PREFIX).await?;
+        weights.sort();
+        weights.dedup();
+        let mut segments = weights.clone();
+        segments.extend(self.scan_segments(exploration::KEY_PREFIX).await?);
+        segments.extend(
+            self.store
+                .exploration_versions()
+                .into_iter()
+                .map(|(s, _)| s),
+        );
+        segments.sort();
+        segments.dedup();
+        for segment in &segments {
             if let Err(e) = self.reload_segment(segment).await {
                 // A key of the wrong type, or a dropped connection: keep going with the rest.
-                tracing::warn!(key, error = %e, "reading weights document failed");
+                tracing::warn!(segment, error = %e, "reading weights/exploration documents failed");
             }
         }
-        Ok(keys.len())
+        Ok(weights.len())
     }
 }
 
@@ -599,6 +747,15 @@ mod tests {
             })
         );
         assert!(parse_update(b"{}").is_err());
+        assert_eq!(
+            parse_update(b"vip"),
+            Ok(UpdateMessage {
+                segment: "vip".into(),
+                version: None
+            })
+        );
+        assert!(parse_update(b"two words").is_err());
+        assert!(parse_update(b"").is_err());
         assert!(parse_update(br#"{"segment": ""}"#).is_err());
     }
 

@@ -266,3 +266,85 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
 
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_resource_exhausted_and_long_slates_invalid() {
+    let redis = format!("redis://127.0.0.1:{}/0", closed_port());
+    let srv = TestServer::start(&redis, &["--max-message-bytes", "4096", "--max-slate", "3"]).await;
+    let mut client = srv.client().await;
+    let mut f = feedback("e-big");
+    f.item_id = "x".repeat(5000);
+    let err = client
+        .score_action(ScoreActionRequest { feedback: Some(f) })
+        .await
+        .expect_err("too big");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .contains("INNER_REWARD_MAX_MESSAGE_BYTES (4096 bytes)"),
+        "{err:?}"
+    );
+    let err = client
+        .score_slate(ScoreSlateRequest {
+            feedbacks: vec![feedback("e-1"); 4],
+        })
+        .await
+        .expect_err("slate too long");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("at most 3"), "{err:?}");
+    // Within both limits: scored.
+    let ok = client
+        .score_slate(ScoreSlateRequest {
+            feedbacks: vec![feedback("e-1"); 3],
+        })
+        .await
+        .expect("fits");
+    assert_eq!(ok.into_inner().rewards.len(), 3);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_grpc_over_tls_with_a_self_signed_certificate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key_pair.serialize_pem()).expect("write key");
+    let redis = format!("redis://127.0.0.1:{}/0", closed_port());
+    let (cert_arg, key_arg) = (cert_path.to_string_lossy(), key_path.to_string_lossy());
+    let srv = TestServer::start(&redis, &["--tls-cert", &cert_arg, "--tls-key", &key_arg]).await;
+
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(cert.pem()))
+        .domain_name("localhost");
+    let channel = tonic::transport::Channel::from_shared(format!("https://{}", srv.grpc))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls config")
+        .connect()
+        .await
+        .expect("TLS handshake");
+    let mut client = inner_reward_rs::pb::inner_reward_client::InnerRewardClient::new(channel);
+    let r = client
+        .score_action(ScoreActionRequest {
+            feedback: Some(feedback("e-tls")),
+        })
+        .await
+        .expect("scored over TLS")
+        .into_inner()
+        .reward
+        .expect("reward");
+    assert_eq!(r.event_id, "e-tls");
+
+    // A plaintext client cannot talk to it.
+    let plain = tonic::transport::Channel::from_shared(format!("http://{}", srv.grpc))
+        .expect("uri")
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        let mut c = inner_reward_rs::pb::inner_reward_client::InnerRewardClient::new(ch);
+        assert!(c.get_config(GetConfigRequest::default()).await.is_err());
+    }
+    srv.stop().await;
+}

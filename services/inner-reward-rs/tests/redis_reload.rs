@@ -4,8 +4,9 @@
 mod common;
 
 use common::{closed_port, feedback, TestServer};
+use inner_reward_rs::exploration::stable_hash;
 use inner_reward_rs::pb::inner_reward_client::InnerRewardClient;
-use inner_reward_rs::pb::{GetConfigRequest, GetConfigResponse, ScoreActionRequest};
+use inner_reward_rs::pb::{GetConfigRequest, GetConfigResponse, Reward, ScoreActionRequest};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -90,6 +91,43 @@ impl Redis {
             let _: i64 = redis::cmd("PUBLISH")
                 .arg("rewardloop:weights-updates")
                 .arg(msg.to_string())
+                .query_async(&mut c)
+                .await
+                .expect("PUBLISH");
+        }
+    }
+
+    /// Writes (Some) or deletes (None) an exploration document, then publishes `message` on the
+    /// updates channel (when given).
+    async fn exploration(
+        &self,
+        segment: &str,
+        doc: Option<serde_json::Value>,
+        message: Option<&str>,
+    ) {
+        let mut c = self.conn_once().await.expect("redis conn");
+        let key = format!("rewardloop:exploration:{segment}");
+        match doc {
+            Some(d) => {
+                let _: () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(d.to_string())
+                    .query_async(&mut c)
+                    .await
+                    .expect("SET");
+            }
+            None => {
+                let _: i64 = redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+                    .expect("DEL");
+            }
+        }
+        if let Some(m) = message {
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg("rewardloop:weights-updates")
+                .arg(m)
                 .query_async(&mut c)
                 .await
                 .expect("PUBLISH");
@@ -232,4 +270,144 @@ async fn starts_on_defaults_while_redis_is_down_and_catches_up() {
     assert_eq!(config(&mut client, "").await.version, 5);
 
     srv.stop().await;
+}
+
+fn exploration_doc(version: u64, slice: f64) -> serde_json::Value {
+    serde_json::json!({
+        "version": version, "slice": slice,
+        "actions": [
+            {"id": 10, "weights": {"click": 4.0, "dwell": 0.5, "skip": -0.3, "relevance": 0.8}},
+            {"id": 11, "weights": {"click": 0.5, "dwell": 0.5, "skip": -0.3, "relevance": 0.8}}
+        ],
+        "updated_at_ms": 1_763_888_400_000_i64, "source": "test"
+    })
+}
+
+async fn score_user(client: &mut InnerRewardClient<Channel>, user: &str) -> Reward {
+    let mut f = feedback(&format!("e-{user}"));
+    f.user_id = user.into();
+    client
+        .score_action(ScoreActionRequest { feedback: Some(f) })
+        .await
+        .expect("score")
+        .into_inner()
+        .reward
+        .expect("reward")
+}
+
+async fn wait_metric(srv: &TestServer, line: &str, pred: impl Fn(f64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = srv.metric(line).await;
+        if pred(v) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{line} stuck at {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exploration_slice_is_loaded_applied_sticky_and_hot_reloaded() {
+    let redis = Redis::start_on(closed_port()).await;
+    redis.write("default", 7, 2.0, false).await;
+    redis
+        .exploration("default", Some(exploration_doc(3, 0.2)), None)
+        .await;
+    let srv = TestServer::start(&redis.url, &["--weights-poll-seconds", "60"]).await;
+    let mut client = srv.client().await;
+    wait_for(&mut client, "", Duration::from_secs(5), |c| c.version == 7).await;
+    let version_line = "rewardloop_inner_exploration_version{segment=\"default\"}";
+    wait_metric(&srv, version_line, |v| v == 3.0).await;
+
+    // Every user: the documented assignment, the action's weights, the behaviour probability.
+    let mut explored = 0;
+    for i in 0..300 {
+        let user = format!("u-{i}");
+        let r = score_user(&mut client, &user).await;
+        let in_slice = (stable_hash(format!("3:{user}").as_bytes()) as f64) / 2f64.powi(64) < 0.2;
+        assert_eq!(r.exploration_version, Some(3), "{user}");
+        let click = r.parts.expect("parts").click;
+        if in_slice {
+            explored += 1;
+            let h2 = stable_hash(format!("3:{user}:action").as_bytes());
+            let (id, w) = [(10, 4.0), (11, 0.5)][(h2 % 2) as usize];
+            assert_eq!(r.explore_action, Some(id), "{user}");
+            assert_eq!(click, w, "{user} scored with action {id}'s weights");
+            assert!((r.explore_probability.expect("p") - 0.1).abs() < 1e-12);
+        } else {
+            assert_eq!(r.explore_action, None, "{user}");
+            assert_eq!(click, 2.0, "{user} scored with the segment's weights");
+            assert!((r.explore_probability.expect("p") - 0.8).abs() < 1e-12);
+        }
+        // Sticky: the same user gets the same answer again.
+        assert_eq!(
+            score_user(&mut client, &user).await.explore_action,
+            r.explore_action
+        );
+    }
+    assert!(
+        (30..=95).contains(&explored),
+        "about 20 % of 300 explored: {explored}"
+    );
+    wait_metric(
+        &srv,
+        "rewardloop_inner_explored_total{segment=\"default\"}",
+        |v| v == f64::from(2 * explored),
+    )
+    .await;
+
+    // Give the subscriber time to subscribe, then: an invalid document (slice 0.5) announced
+    // by a bare segment name is refused; the previous one stays.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis
+        .exploration("default", Some(exploration_doc(4, 0.5)), Some("default"))
+        .await;
+    wait_metric(&srv, "rewardloop_inner_weights_reload_errors_total", |v| {
+        v >= 1.0
+    })
+    .await;
+    assert_eq!(
+        score_user(&mut client, "u-1").await.exploration_version,
+        Some(3)
+    );
+
+    // Slice 0 (version 5, announced as JSON): no exploration, fields unset.
+    redis
+        .exploration(
+            "default",
+            Some(exploration_doc(5, 0.0)),
+            Some(r#"{"segment": "default", "version": 5}"#),
+        )
+        .await;
+    wait_metric(&srv, version_line, |v| v == 5.0).await;
+    let r = score_user(&mut client, "u-1").await;
+    assert_eq!(
+        (
+            r.explore_action,
+            r.explore_probability,
+            r.exploration_version
+        ),
+        (None, None, None)
+    );
+    assert_eq!(r.parts.expect("parts").click, 2.0);
+
+    // Version 6 explores again; then the key is deleted: exploration off.
+    redis
+        .exploration("default", Some(exploration_doc(6, 0.2)), Some("default"))
+        .await;
+    wait_metric(&srv, version_line, |v| v == 6.0).await;
+    assert_eq!(
+        score_user(&mut client, "u-1").await.exploration_version,
+        Some(6)
+    );
+    redis.exploration("default", None, Some("default")).await;
+    wait_metric(&srv, version_line, |v| v == 0.0).await;
+    assert_eq!(
+        score_user(&mut client, "u-1").await.exploration_version,
+        None
+    );
+
+    srv.stop().await;
+    redis.stop().await;
 }

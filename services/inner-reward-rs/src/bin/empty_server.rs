@@ -1,6 +1,6 @@
 //! `rewardloop-empty-server`: the benchmark's baseline. The same `rewardloop.v1.InnerReward`
-//! proto and the same tonic server settings as the scorer (TCP_NODELAY, one multi-thread
-//! runtime), but every call returns a constant: no validation, no weights, no telemetry. The
+//! proto and the same tonic server and runtime settings as the scorer (TCP_NODELAY, the
+//! runtime of `INNER_REWARD_WORKER_THREADS` / `INNER_REWARD_SERVING_CPUS`), but every call returns a constant: no validation, no weights, no telemetry. The
 //! scorer's latency is compared against this in the same run (`scripts/bench_scorer.sh`).
 //!
 //! Usage: `rewardloop-empty-server [ADDR]` (default `127.0.0.1:50061`); stops on SIGINT/SIGTERM.
@@ -29,6 +29,9 @@ fn constant(event_id: String) -> Reward {
         }),
         weights_version: 0,
         segment: "default".into(),
+        explore_action: None,
+        explore_probability: None,
+        exploration_version: None,
     }
 }
 
@@ -69,12 +72,17 @@ impl InnerReward for Empty {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr: SocketAddr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:50061".into())
         .parse()?;
+    // The same runtime as the scorer's (INNER_REWARD_WORKER_THREADS, INNER_REWARD_SERVING_CPUS).
+    let runtime = inner_reward_rs::app::RuntimeSettings::from_env()?;
+    runtime.build()?.block_on(serve(addr))
+}
+
+async fn serve(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!(
         "rewardloop-empty-server listening on {}",

@@ -5,7 +5,6 @@ use clap::Parser;
 use inner_reward_rs::app::App;
 use inner_reward_rs::config::Config;
 use inner_reward_rs::pb::inner_reward_client::InnerRewardClient;
-use inner_reward_rs::pb::Feedback;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,20 +129,4 @@ impl TestServer {
     }
 }
 
-pub fn feedback(event_id: &str) -> Feedback {
-    Feedback {
-        event_id: event_id.into(),
-        request_id: "r-1".into(),
-        user_id: "u-1".into(),
-        session_id: "s-1".into(),
-        item_id: "i-9".into(),
-        position: 0,
-        event_time_ms: 1_763_888_400_000,
-        clicked: true,
-        dwell_seconds: 12.5,
-        skipped: false,
-        predicted_relevance: 0.7,
-        behavior_propensity: 0.2,
-        segment: String::new(),
-    }
-}
+pub use inner_reward_rs::test_support::feedback;
