@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from rewardloop_common.events import SessionBusiness, SessionKpi, SessionRecord, SessionStep
+from rewardloop_common.events import SessionBusiness, SessionRecord
 from rewardloop_common.exploration import (
     ExplorationDocument,
     assign,
     exploration_hash,
     exploration_key,
 )
+from rewardloop_common.testing import make_session_record, make_session_step
 from rewardloop_common.weights import BUILTIN_WEIGHTS
 from rewardloop_common.weights_store import WeightsStore
 from rewardloop_outer.metrics import OuterMetrics
@@ -99,38 +100,11 @@ def test_exploration_document_is_published_with_the_weights(store: WeightsStore)
 
 def _session(i: int, explore: int | None, prob: float, clicks: int, value: float) -> SessionRecord:
     steps = [
-        SessionStep(  # type: ignore[call-arg]
-            event_id=f"e{i}-{t}",
-            item_id="i",
-            position=t,
-            event_time_ms=1_000 + t,
-            clicked=t < clicks,
-            dwell_seconds=5.0,
-            skipped=False,
-            predicted_relevance=0.5,
-            behavior_propensity=0.5,
-            reward=0.0,
-            weights_version=1,
-            return_=0.0,
-        )
+        make_session_step(t, session=f"u{i}", item_id="i", position=t, clicked=t < clicks, dwell_seconds=5.0)
         for t in range(4)
     ]
-    return SessionRecord(
-        session_key=f"u{i}:1000",
-        user_id=f"u{i}",
-        segment="default",
-        start_ms=1000,
-        end_ms=1003,
-        closed_at_ms=2000,
-        n_steps=4,
-        gamma=0.99,
-        steps=steps,
-        discounted_return=0.0,
-        kpi=SessionKpi(),
-        business_reward=value,
-        weights_versions=[1],
-        business=SessionBusiness(value=value),
-        kappa=0.5,
+    return make_session_record(
+        steps, user_id=f"u{i}", business_reward=value, business=SessionBusiness(value=value), kappa=0.5
     )
 
 

@@ -7,46 +7,20 @@ from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry
 
-from rewardloop_common.events import SessionBusiness, SessionKpi, SessionRecord, SessionStep
+from rewardloop_common.events import SessionBusiness, SessionRecord
+from rewardloop_common.testing import make_session_record, make_session_step
 from rewardloop_outer.metrics import OuterMetrics
 from rewardloop_outer.tradeoff import TradeoffTracker, pareto_front
 
 
 def _rec(version: int, clicks: int, dwell: float, value: float) -> SessionRecord:
     steps = [
-        SessionStep(  # type: ignore[call-arg]
-            event_id=f"e{t}",
-            item_id="i",
-            position=t,
-            event_time_ms=1_000 + t,
-            clicked=t < clicks,
-            dwell_seconds=dwell / 4,
-            skipped=False,
-            predicted_relevance=0.5,
-            behavior_propensity=0.5,
-            reward=0.0,
-            weights_version=version,
-            return_=0.0,
+        make_session_step(
+            t, item_id="i", position=t, clicked=t < clicks, dwell_seconds=dwell / 4, weights_version=version
         )
         for t in range(4)
     ]
-    return SessionRecord(
-        session_key="u:1000",
-        user_id="u",
-        segment="default",
-        start_ms=1000,
-        end_ms=1003,
-        closed_at_ms=2000,
-        n_steps=4,
-        gamma=0.99,
-        steps=steps,
-        discounted_return=0.0,
-        kpi=SessionKpi(),
-        business_reward=value,
-        weights_versions=[version],
-        business=SessionBusiness(value=value),
-        kappa=0.5,
-    )
+    return make_session_record(steps, business_reward=value, business=SessionBusiness(value=value), kappa=0.5)
 
 
 def _get(m: OuterMetrics, name: str, version: str, action: str) -> float | None:

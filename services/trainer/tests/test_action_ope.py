@@ -5,42 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rewardloop_common.events import SessionKpi, SessionRecord, SessionStep, SessionTuner
+from rewardloop_common.events import SessionRecord, SessionTuner
+from rewardloop_common.testing import make_session_record, make_session_step
 from rewardloop_trainer.action_ope import BEHAVIOUR, estimate_actions, logged_decisions
 from rewardloop_trainer.service import TrainerMetrics, publish_action_ope
 
 
 def _session(i: int, reward: float, tuner: SessionTuner | None) -> SessionRecord:
-    step = SessionStep(  # type: ignore[call-arg]
-        event_id=f"e{i}",
-        item_id="item-1",
-        position=0,
-        event_time_ms=0,
-        clicked=True,
-        dwell_seconds=5.0,
-        skipped=False,
-        predicted_relevance=0.5,
-        behavior_propensity=0.1,
-        reward=1.0,
-        weights_version=1,
-        return_=1.0,
-    )
-    return SessionRecord(
-        session_key=f"u{i}:0",
-        user_id=f"u{i}",
-        segment="default",
-        start_ms=0,
-        end_ms=1,
-        closed_at_ms=2,
-        n_steps=1,
-        gamma=0.9,
-        steps=[step],
-        discounted_return=1.0,
-        kpi=SessionKpi(),
-        business_reward=reward,
-        weights_versions=[1],
-        tuner=tuner,
-    )
+    step = make_session_step(0, session=f"u{i}", clicked=True, dwell_seconds=5.0, reward=1.0, return_=1.0)
+    return make_session_record([step], user_id=f"u{i}", business_reward=reward, tuner=tuner)
 
 
 def _logged(action: int | None, p: float) -> SessionTuner:

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rewardloop_common.events import SessionKpi, SessionRecord, SessionStep
+from rewardloop_common.events import SessionKpi, SessionRecord
+from rewardloop_common.testing import make_session_record, make_session_step
 from rewardloop_outer.credit import GatedAttentionModel
 from rewardloop_trainer.__main__ import main
 from rewardloop_trainer.service import TrainerMetrics, TrainerSettings, parse_records, serve_metrics
@@ -19,37 +20,27 @@ def _record(rng: np.random.Generator, i: int, revision: int = 0) -> SessionRecor
     cause = int(rng.integers(n))
     steps = []
     for t in range(n):
-        clicked = (t == cause and bought) or rng.random() < 0.2
+        caused = t == cause and bought
+        clicked = caused or rng.random() < 0.2
         steps.append(
-            SessionStep(  # type: ignore[call-arg]
-                event_id=f"e{i}-{t}",
-                item_id=f"item-{t}",
-                position=t % 10,
+            make_session_step(
+                t,
+                session=f"u{i}",
                 event_time_ms=1_000 * t,
                 clicked=clicked,
-                dwell_seconds=float(200.0 if (t == cause and bought) else (10.0 if clicked else 0.0)),
+                dwell_seconds=200.0 if caused else (10.0 if clicked else 0.0),
                 skipped=not clicked,
-                predicted_relevance=0.9 if (t == cause and bought) else 0.3,
+                predicted_relevance=0.9 if caused else 0.3,
                 behavior_propensity=0.1,
                 reward=1.0 if clicked else -0.1,
-                weights_version=1,
-                return_=0.0,
             )
         )
-    return SessionRecord(
-        session_key=f"u{i}:0",
+    return make_session_record(
+        steps,
         user_id=f"u{i}",
-        segment="default",
-        start_ms=0,
-        end_ms=1000 * n,
-        closed_at_ms=1000 * n + 1,
-        n_steps=n,
         gamma=0.9,
-        steps=steps,
-        discounted_return=0.0,
         kpi=SessionKpi(revenue=30.0 if bought else 0.0, purchases=int(bought)),
         business_reward=float(np.log1p(30.0)) if bought else 0.0,
-        weights_versions=[1],
         revision=revision,
     )
 

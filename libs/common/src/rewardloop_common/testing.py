@@ -17,7 +17,7 @@ import tempfile
 import time
 from types import TracebackType
 
-from .events import KpiEvent, RewardEvent
+from .events import KpiEvent, RewardEvent, SessionKpi, SessionRecord, SessionStep
 from .kafka import Delivery, DeliveryError
 
 REDIS_SERVER_CANDIDATES = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")
@@ -206,3 +206,51 @@ def make_kpi_event(
     }
     data.update(extra)
     return KpiEvent.model_validate(data)
+
+
+def make_session_step(t: int, *, session: str = "s", **fields: object) -> SessionStep:
+    """Step ``t`` of a ``recsys.sessions`` record: a valid unclicked step; ``fields`` override any field
+    (``return`` by its wire name or as ``return_``)."""
+    data: dict[str, object] = {
+        "event_id": f"{session}-e{t}",
+        "item_id": f"i-{t}",
+        "position": t % 10,
+        "event_time_ms": 1_000 + t,
+        "clicked": False,
+        "dwell_seconds": 0.0,
+        "skipped": False,
+        "predicted_relevance": 0.5,
+        "behavior_propensity": 0.5,
+        "reward": 0.0,
+        "weights_version": 1,
+        "return": 0.0,
+    }
+    if "return_" in fields:
+        fields["return"] = fields.pop("return_")
+    data.update(fields)
+    return SessionStep.model_validate(data)
+
+
+def make_session_record(
+    steps: list[SessionStep], user_id: str = "u", business_reward: float = 0.0, **fields: object
+) -> SessionRecord:
+    """A valid closed session of ``steps`` (revision 0, no KPIs); ``fields`` override any field."""
+    start = steps[0].event_time_ms
+    end = steps[-1].event_time_ms
+    data: dict[str, object] = {
+        "session_key": f"{user_id}:{start}",
+        "user_id": user_id,
+        "segment": "default",
+        "start_ms": start,
+        "end_ms": end,
+        "closed_at_ms": end + 1_000,
+        "n_steps": len(steps),
+        "gamma": 0.99,
+        "steps": steps,
+        "discounted_return": 0.0,
+        "kpi": SessionKpi(),
+        "business_reward": business_reward,
+        "weights_versions": sorted({s.weights_version for s in steps}),
+    }
+    data.update(fields)
+    return SessionRecord.model_validate(data)

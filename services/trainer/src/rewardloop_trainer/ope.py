@@ -70,6 +70,20 @@ def importance_weights(
     return w
 
 
+def _logged(
+    rewards: np.ndarray | list[float],
+    target_prob: np.ndarray | list[float],
+    behaviour_prob: np.ndarray | list[float],
+    cap: float | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The logged rewards and their (capped) importance weights, checked to be equally long, non-empty."""
+    r = _arr("rewards", rewards)
+    w = importance_weights(target_prob, behaviour_prob, cap)
+    if w.shape[0] != r.shape[0] or r.shape[0] == 0:
+        raise ValueError("rewards and probabilities need the same, non-zero length")
+    return r, w
+
+
 def _ess(w: np.ndarray) -> float:
     s2 = float(np.sum(w**2))
     return float(np.sum(w) ** 2 / s2) if s2 > 0 else 0.0
@@ -111,10 +125,7 @@ def ips(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> Estimate:
-    r = _arr("rewards", rewards)
-    w = importance_weights(target_prob, behaviour_prob, cap)
-    if w.shape[0] != r.shape[0] or r.shape[0] == 0:
-        raise ValueError("rewards and probabilities need the same, non-zero length")
+    r, w = _logged(rewards, target_prob, behaviour_prob, cap)
     terms = w * r
     v = float(terms.mean())
     lo, hi = _interval(lambda i: terms[i].mean(), v, terms, r.shape[0], interval, level, n_boot, seed)
@@ -132,10 +143,7 @@ def snips(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> Estimate:
-    r = _arr("rewards", rewards)
-    w = importance_weights(target_prob, behaviour_prob, cap)
-    if w.shape[0] != r.shape[0] or r.shape[0] == 0:
-        raise ValueError("rewards and probabilities need the same, non-zero length")
+    r, w = _logged(rewards, target_prob, behaviour_prob, cap)
     if w.sum() <= 0:
         raise ValueError("SNIPS is undefined: the target policy gives zero weight to every logged action")
     v = float(np.sum(w * r) / np.sum(w))
@@ -163,13 +171,10 @@ def doubly_robust(
     seed: int = 0,
 ) -> Estimate:
     """``q_logged`` = q̂(x_i, a_i); ``v_target`` = Σ_a π(a|x_i) q̂(x_i, a)."""
-    r = _arr("rewards", rewards)
+    r, w = _logged(rewards, target_prob, behaviour_prob, cap)
     n = r.shape[0]
-    w = importance_weights(target_prob, behaviour_prob, cap)
     q = _arr("q_logged", q_logged, n)
     vt = _arr("v_target", v_target, n)
-    if w.shape[0] != n or n == 0:
-        raise ValueError("rewards and probabilities need the same, non-zero length")
     terms = vt + w * (r - q)
     v = float(terms.mean())
     lo, hi = _interval(lambda i: terms[i].mean(), v, terms, n, interval, level, n_boot, seed)
