@@ -42,6 +42,8 @@ OPS_ENV = {
     "WITH_TRAINER": "1",
     "TRAINER_METRICS_PORT": "19203",
     "TRAINER_BATCH_SESSIONS": "20",
+    # a wide exploration slice so the 100 simulated users include explored ones (Exploration panel)
+    "OUTER_EXPLORATION_SLICE": "0.2",
     "PROMETHEUS_PORT": "19090",
     "WITH_PROMETHEUS": "1",
     "PROMETHEUS_SCRAPE_INTERVAL": "2s",

@@ -130,10 +130,7 @@ impl App {
 
         let store = Arc::new(WeightsStore::new());
         for (segment, version) in store.versions() {
-            metrics
-                .weights_version
-                .with_label_values(&[segment.as_str()])
-                .set(i64::try_from(version).unwrap_or(i64::MAX));
+            metrics.set_weights(&segment, version, &store.get(&segment).weights);
         }
         // Before the loaders start: they may set it first.
         metrics

@@ -1,10 +1,10 @@
 //! Prometheus metrics (one registry per server instance, so tests can run several) and the
 //! HTTP endpoint that serves them.
 
-use crate::scoring::{violation_field_label, FieldViolation, Parts, VIOLATION_FIELDS};
+use crate::scoring::{violation_field_label, FieldViolation, Parts, Weights, VIOLATION_FIELDS};
 use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
 use prometheus::{
-    Counter, CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    Counter, CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::Arc;
@@ -44,6 +44,8 @@ pub struct Metrics {
     pub spool_errors: IntCounter,
     pub kafka_in_flight: IntGauge,
     pub weights_version: IntGaugeVec,
+    /// The weights in use, by segment and weight name (`click`, `dwell`, `skip`, `relevance`).
+    pub weight_value: GaugeVec,
     pub weights_reload_errors: IntCounter,
     pub build_info: IntGaugeVec,
     /// Feedbacks scored (accepted, valid).
@@ -135,6 +137,13 @@ impl Metrics {
             ),
             &["segment"],
         )?;
+        let weight_value = GaugeVec::new(
+            Opts::new(
+                "rewardloop_inner_weight_value",
+                "Value of each inner-reward weight in use, by segment",
+            ),
+            &["segment", "weight"],
+        )?;
         let weights_reload_errors = IntCounter::new(
             "rewardloop_inner_weights_reload_errors_total",
             "Weights documents refused (invalid) or reads from Redis that failed",
@@ -220,6 +229,7 @@ impl Metrics {
             Box::new(spool_errors.clone()),
             Box::new(kafka_in_flight.clone()),
             Box::new(weights_version.clone()),
+            Box::new(weight_value.clone()),
             Box::new(weights_reload_errors.clone()),
             Box::new(build_info.clone()),
             Box::new(scored_events.clone()),
@@ -254,6 +264,7 @@ impl Metrics {
             spool_errors,
             kafka_in_flight,
             weights_version,
+            weight_value,
             weights_reload_errors,
             build_info,
             scored_events,
@@ -271,6 +282,23 @@ impl Metrics {
     }
 
     /// Records one scored feedback: its reward parts and its logged propensity.
+    /// A weights document was swapped in for `segment`: its version and every weight's value.
+    pub fn set_weights(&self, segment: &str, version: u64, weights: &Weights) {
+        self.weights_version
+            .with_label_values(&[segment])
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+        for (name, value) in [
+            ("click", weights.click),
+            ("dwell", weights.dwell),
+            ("skip", weights.skip),
+            ("relevance", weights.relevance),
+        ] {
+            self.weight_value
+                .with_label_values(&[segment, name])
+                .set(value);
+        }
+    }
+
     pub fn observe_score(&self, parts: &Parts, propensity: f64) {
         self.scored_events.inc();
         let values = [parts.click, parts.dwell, parts.skip, parts.relevance];
@@ -404,7 +432,16 @@ mod tests {
         let m = Metrics::new().expect("metrics");
         m.observe_request("ScoreAction", tonic::Code::Ok, 0.0001);
         m.observe_request("ScoreAction", tonic::Code::InvalidArgument, 0.0001);
-        m.weights_version.with_label_values(&["default"]).set(3);
+        m.set_weights(
+            "default",
+            3,
+            &Weights {
+                click: 1.25,
+                dwell: 0.5,
+                skip: -0.3,
+                relevance: 0.8,
+            },
+        );
         m.observe_score(
             &Parts {
                 click: 1.0,
@@ -435,6 +472,8 @@ mod tests {
             "rewardloop_inner_spool_errors_total 0",
             "rewardloop_inner_kafka_in_flight 0",
             "rewardloop_inner_weights_version{segment=\"default\"} 3",
+            "rewardloop_inner_weight_value{segment=\"default\",weight=\"click\"} 1.25",
+            "rewardloop_inner_weight_value{segment=\"default\",weight=\"skip\"} -0.3",
             "rewardloop_inner_weights_reload_errors_total 0",
             "rewardloop_inner_build_info{version=",
             "rewardloop_inner_scored_events_total 1",

@@ -357,12 +357,10 @@ impl Loader {
         match parse_doc(segment, raw) {
             Ok(doc) => {
                 let version = doc.version;
+                let weights = doc.weights;
                 match self.store.offer(doc) {
                     Offer::Applied => {
-                        self.metrics
-                            .weights_version
-                            .with_label_values(&[segment])
-                            .set(i64::try_from(version).unwrap_or(i64::MAX));
+                        self.metrics.set_weights(segment, version, &weights);
                         tracing::info!(segment, version, "weights swapped in");
                     }
                     Offer::Unchanged => {}

@@ -114,3 +114,18 @@ def test_record_has_blend_baseline_and_credit() -> None:
     assert sum(credits) == pytest.approx(rec2.advantage)  # type: ignore[arg-type]
     assert credits == pytest.approx([rec2.advantage / 3, 2 * rec2.advantage / 3])  # type: ignore[operator]
     assert rec2.credit_model == "discounted" and rec2.revision == 0
+
+
+def test_credit_stats_metrics() -> None:
+    from rewardloop_outer.metrics import OuterMetrics
+
+    m = OuterMetrics()
+    m.observe_credit("discounted", [0.1, -0.3])
+    m.observe_credit("gated-attention:v4", [1.5])
+    m.observe_credit(None, [])
+    reg = m.registry
+    assert reg.get_sample_value("rewardloop_outer_sessions_credited_total", {"model": "discounted"}) == 2
+    assert reg.get_sample_value("rewardloop_outer_sessions_credited_total", {"model": "gated-attention"}) == 1
+    assert reg.get_sample_value("rewardloop_outer_credit_model_version") == 0  # the last one: discounted
+    assert reg.get_sample_value("rewardloop_outer_step_credit_count") == 3
+    assert reg.get_sample_value("rewardloop_outer_step_credit_bucket", {"le": "-0.2"}) == 1

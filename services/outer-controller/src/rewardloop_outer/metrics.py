@@ -50,6 +50,24 @@ class OuterMetrics:
             buckets=(-5, -2, -1, 0, 0.5, 1, 1.5, 2, 3, 4, 5),
             registry=r,
         )
+        # credit stats: which shares split each session's advantage, and how large per-step credits are
+        self.sessions_credited = Counter(
+            "rewardloop_outer_sessions_credited_total",
+            "Closed sessions by credit model (discounted fallback or the trainer's gated attention).",
+            ["model"],
+            registry=r,
+        )
+        self.credit_model_version = Gauge(
+            "rewardloop_outer_credit_model_version",
+            "Version of the gated-attention credit model in use (0 = discounted shares).",
+            registry=r,
+        )
+        self.step_credit = Histogram(
+            "rewardloop_outer_step_credit",
+            "Per-step credit (share x session advantage) written into recsys.sessions.",
+            buckets=(-2, -1, -0.5, -0.2, -0.05, 0, 0.05, 0.2, 0.5, 1, 2),
+            registry=r,
+        )
         self.weight_updates = Counter(
             "rewardloop_outer_weight_updates_total", "Weights documents pushed by the outer rule.", registry=r
         )
@@ -189,3 +207,12 @@ class OuterMetrics:
             "rewardloop_outer_build_info", "Build information (always 1).", ["version", "python"], registry=r
         )
         self.build_info.labels(version=__version__, python=platform.python_version()).set(1)
+
+    def observe_credit(self, credit_model: str | None, credits: list[float]) -> None:
+        """One closed session's credit model (``discounted`` or ``gated-attention:v<N>``) and step credits."""
+        name = credit_model or "discounted"
+        kind, _, version = name.partition(":v")
+        self.sessions_credited.labels(model=kind).inc()
+        self.credit_model_version.set(int(version) if version.isdigit() else 0)
+        for c in credits:
+            self.step_credit.observe(c)
