@@ -182,3 +182,17 @@ def test_run_variant_is_deterministic_and_reports_the_gates() -> None:
     assert a.would_push == (a.moved and a.diversity and a.relative_gain)
     with pytest.raises(ValueError, match="action space"):
         da.run_variant(world.env, "hexagonal", "uniform", "reinforce", 0, cfg)
+
+
+# ---------------------------------------------------------------- slate_phi (section 5's DR model)
+
+
+def test_slate_phi_is_the_position_discounted_slate_mean_and_its_cross_with_the_context() -> None:
+    ctx = np.array([[1.0, 2.0]])
+    feats = np.arange(12, dtype=float).reshape(1, 4, 3)  # 4 candidates, 3 item features
+    slates = np.array([[[2, 0], [1, 3]]])  # 2 slates of K = 2
+    phi = bl.slate_phi(ctx, feats, slates)
+    assert phi.shape == (1, 2, 1 + 2 + 3 + 6)
+    d = 1.0 / np.log2([2.0, 3.0])
+    m = (d[0] * feats[0, 2] + d[1] * feats[0, 0]) / d.sum()
+    np.testing.assert_allclose(phi[0, 0], np.concatenate([[1.0], ctx[0], m, np.outer(ctx[0], m).ravel()]))
