@@ -92,77 +92,114 @@ class Kpi:
         return dict(orjson.loads(self.raw))
 
 
-_FLOAT, _INT, _STR, _BOOL = float, int, str, bool
+_FLOAT, _INT, _STR, _BOOL, _DICT = float, int, str, bool, dict
+_NUM = frozenset((float, int))  # a JSON number (bool is neither: type(True) is bool)
+_isfinite = math.isfinite
+_new_action = object.__new__
 
 
-def _num(v: Any) -> bool:
-    t = type(v)
-    return (t is _FLOAT and -_INF < v < _INF) or t is _INT
+def _fast_action(d: dict[str, Any], raw: bytes) -> Action | None:
+    """The :class:`Action` of the common, well-formed shape (strict types, every range of
+    :class:`RewardEvent`); ``None`` for anything else (the caller then asks the pydantic model).
 
-
-def _fast_ok(d: Any) -> bool:
-    """The common, well-formed shape (strict types, every range of :class:`RewardEvent`)."""
-    if type(d) is not dict:
-        return False
+    One pass that checks and builds (each field is read once; no helper calls per field): at 10^5
+    records/s every function call and dict lookup here is a visible share of the controller's time."""
+    T = type
     try:
         eid, uid, item = d["event_id"], d["user_id"], d["item_id"]
-        pos, t, dw = d["position"], d["event_time_ms"], d["dwell_seconds"]
-        rel, prop = d["predicted_relevance"], d["behavior_propensity"]
-        wv, sc, parts = d["weights_version"], d["scored_at_ms"], d["parts"]
-        if not (
-            type(eid) is _STR
-            and 0 < len(eid) <= 256
-            and type(uid) is _STR
-            and 0 < len(uid) <= 256
-            and type(item) is _STR
-            and 0 < len(item) <= 256
-            and type(pos) is _INT
-            and pos >= 0
-            and type(t) is _INT
-            and t > 0
-            and type(d["clicked"]) is _BOOL
-            and type(d["skipped"]) is _BOOL
-            and _num(dw)
-            and dw >= 0
-            and _num(rel)
-            and 0 <= rel <= 1
-            and _num(prop)
-            and 0 < prop <= 1
-            and _num(d["reward"])
-            and _num(d["raw_reward"])
-            and type(wv) is _INT
-            and wv >= 0
-            and type(sc) is _INT
-            and sc >= 0
-            and type(parts) is dict
-            and _num(parts["click"])
-            and _num(parts["dwell"])
-            and _num(parts["skip"])
-            and _num(parts["relevance"])
-        ):
-            return False
+        pos, t, wv, sc = d["position"], d["event_time_ms"], d["weights_version"], d["scored_at_ms"]
+        clicked, skipped, parts = d["clicked"], d["skipped"], d["parts"]
+        dw, rel, prop = d["dwell_seconds"], d["predicted_relevance"], d["behavior_propensity"]
+        reward, raw_reward = d["reward"], d["raw_reward"]
+        if T(parts) is not _DICT:
+            return None
+        pc, pd, ps, pr = parts["click"], parts["dwell"], parts["skip"], parts["relevance"]
     except KeyError:
-        return False
+        return None
+    if not (
+        T(eid) is _STR
+        and T(uid) is _STR
+        and T(item) is _STR
+        and T(pos) is _INT
+        and T(t) is _INT
+        and T(wv) is _INT
+        and T(sc) is _INT
+        and T(clicked) is _BOOL
+        and T(skipped) is _BOOL
+        and 0 < len(eid) <= 256
+        and 0 < len(uid) <= 256
+        and 0 < len(item) <= 256
+        and pos >= 0
+        and t > 0
+        and wv >= 0
+        and sc >= 0
+    ):
+        return None
+    num = _NUM
+    if not (
+        T(dw) in num
+        and T(rel) in num
+        and T(prop) in num
+        and T(reward) in num
+        and T(raw_reward) in num
+        and T(pc) in num
+        and T(pd) in num
+        and T(ps) in num
+        and T(pr) in num
+    ):
+        return None
+    # one test for the common case: a sum of finite terms is finite (when it is not -- a non-finite
+    # term, or finite ones that overflow -- each term is tested)
+    try:
+        finite = _isfinite(dw + rel + prop + reward + raw_reward + pc + pd + ps + pr)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite and not all(
+        T(x) is _INT or _isfinite(x) for x in (dw, rel, prop, reward, raw_reward, pc, pd, ps, pr)
+    ):
+        return None
+    if not (dw >= 0 and 0 <= rel <= 1 and 0 < prop <= 1):
+        return None
+    get = d.get
+    seg, rid = get("segment"), get("request_id")
     if len(d) == _BASE_FIELDS:  # exactly the required + usual optional fields: nothing else to check
-        return (
-            type(d.get("segment")) is _STR
-            and type(d.get("request_id")) is _STR
-            and type(d.get("session_id")) is _STR
-        )
-    for k in ("segment", "request_id", "session_id"):
-        if type(d.get(k, "")) is not _STR:
-            return False
-    ea, ep, xv = d.get("explore_action"), d.get("explore_probability"), d.get("exploration_version")
-    return (
-        (ea is None or (type(ea) is _INT and ea >= 0))
-        and (ep is None or (_num(ep) and 0 < ep <= 1))
-        and (xv is None or (type(xv) is _INT and xv >= 1))
-    )
-
-
-def _compact(raw: bytes, d: dict[str, Any]) -> bytes:
+        if not (T(seg) is _STR and T(rid) is _STR and T(get("session_id")) is _STR):
+            return None
+        ea = ep = xv = None
+    else:
+        ea, ep, xv = get("explore_action"), get("explore_probability"), get("exploration_version")
+        if not (
+            T(get("segment", "")) is _STR
+            and T(get("request_id", "")) is _STR
+            and T(get("session_id", "")) is _STR
+            and (ea is None or (T(ea) is _INT and ea >= 0))
+            and (ep is None or (T(ep) in num and 0 < ep <= 1))  # the range excludes inf and nan
+            and (xv is None or (T(xv) is _INT and xv >= 1))
+        ):
+            return None
+        if ep is not None:
+            ep = float(ep)
+    a: Action = _new_action(Action)
+    a.event_id = eid
+    a.request_id = rid or ""
+    a.user_id = uid
+    a.item_id = item
+    a.position = pos
+    a.event_time_ms = t
+    a.clicked = clicked
+    a.dwell_seconds = float(dw)
+    a.skipped = skipped
+    a.predicted_relevance = float(rel)
+    a.behavior_propensity = float(prop)
+    a.segment = seg or "default"
+    a.reward = float(reward)
+    a.weights_version = wv
+    a.explore_action = ea
+    a.explore_probability = ep
+    a.exploration_version = xv
     # the durable state is newline-delimited: a record with raw newlines (pretty-printed) is re-encoded
-    return orjson.dumps(d) if b"\n" in raw or b"\r" in raw else raw
+    a.raw = raw if b"\n" not in raw and b"\r" not in raw else orjson.dumps(d)
+    return a
 
 
 def parse_action(raw: bytes) -> Action:
@@ -171,8 +208,10 @@ def parse_action(raw: bytes) -> Action:
         d = orjson.loads(raw)
     except orjson.JSONDecodeError:
         d = None
-    if d is not None and _fast_ok(d):
-        return Action(d, _compact(raw, d))
+    if type(d) is _DICT:
+        a = _fast_action(d, raw)
+        if a is not None:
+            return a
     return action_from_model(RewardEvent.model_validate_json(raw))
 
 

@@ -185,7 +185,7 @@ def session_key(user_id: str, start_ms: int) -> str:
 
 
 def _event_line(kind: bytes, uj: bytes, sid: int, raw: bytes) -> bytes:
-    return b'["' + kind + b'",' + uj + b"," + str(sid).encode() + b"," + raw + b"]"
+    return b"".join((b'["', kind, b'",', uj, b",", str(sid).encode(), b",", raw, b"]"))  # one copy of raw
 
 
 class SessionWindow:

@@ -38,6 +38,11 @@ class OuterSettings(CommonSettings):
     outer_max_queued: int = Field(default=20_000, ge=10)
     outer_kafka_session_timeout_ms: int = Field(default=45_000, ge=1_000)
     outer_group_instance_id: str = ""
+    #: every this many seconds: collect the objects created since the last time, then gc.freeze() the
+    #: survivors (the session state) so the collector stops re-scanning them; 0 = CPython's default GC
+    outer_gc_freeze_interval_s: float = Field(default=0.25, ge=0.0, allow_inf_nan=False)
+    #: a full collection (unfreeze + collect) this often, for cycles that died after being frozen
+    outer_gc_full_interval_s: float = Field(default=900.0, gt=0.0, allow_inf_nan=False)
 
     # --- reward blend and credit ---
     outer_kappa_initial: float = Field(default=0.2, ge=0.0, le=1.0)

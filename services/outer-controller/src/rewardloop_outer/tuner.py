@@ -272,7 +272,11 @@ class WeightTuner:
         """The session's behaviour (action, propensity) from what the scorer logged on its first
         step (``first``: an event with ``explore_*`` fields); the current action with propensity 1
         when no exploration document was active."""
-        current = nearest_action(self._weights(rec.segment), self.levels)
+        return self.behaviour_for(rec.segment, first)
+
+    def behaviour_for(self, segment: str, first: Any = None) -> SessionTuner:
+        """:meth:`behaviour` of a session of ``segment`` (the engine has no record model to pass)."""
+        current = nearest_action(self._weights(segment), self.levels)
         prob = getattr(first, "explore_probability", None)
         version = getattr(first, "exploration_version", None)
         act_id = getattr(first, "explore_action", None)
