@@ -124,16 +124,51 @@ def _serve(
     rec = _session(i, act, prob, clicks=clicks, value=value)
     first = SimpleNamespace(explore_action=act, explore_probability=prob, exploration_version=doc.version)
     rec.tuner = t.behaviour(rec, first)
-    assert rec.tuner.logged and rec.tuner.propensity == prob
+    assert rec.tuner.logged and rec.tuner.propensity == pytest.approx(marginal(doc, store, rec.tuner.action))
     return t.add(rec)
+
+
+def marginal(doc: ExplorationDocument, store: WeightsStore, action: list[int]) -> float:
+    """The behaviour's probability of serving ``action``: the segment's weights with 1 - slice, each grid
+    action with slice / n (the grid contains the current weights' action)."""
+    a = encode_action(action, 10)
+    current = encode_action(nearest_action(store.get("default").weights, 10), 10)
+    in_grid = a in {x.id for x in doc.actions}
+    return (1.0 - doc.slice if a == current else 0.0) + (doc.slice / len(doc.actions) if in_grid else 0.0)
+
+
+def test_propensity_is_the_marginal_probability_of_the_served_weights(store: WeightsStore) -> None:
+    t = tuner(store)
+    t.maybe_publish_exploration("default")
+    doc = store.get_exploration("default")
+    assert doc is not None and doc.slice == 0.1
+    centre = encode_action(nearest_action(store.get("default").weights, 10), 10)
+    other = next(a.id for a in doc.actions if a.id != centre)
+    rec = _session(0, None, 1.0, 1, 0.0)
+
+    def beh(act: int | None, prob: float, version: int = doc.version) -> Any:
+        first = SimpleNamespace(explore_action=act, explore_probability=prob, exploration_version=version)
+        return t.behaviour(rec, first)
+
+    # the segment's weights (logged 1 - slice) and an exploration draw of the centre (logged slice / n)
+    # are the same action, served with probability (1 - slice) + slice / n
+    for b in (beh(None, 0.9), beh(centre, 0.1 / 27)):
+        assert b.action == decode_action(centre, 10) and b.propensity == pytest.approx(0.9 + 0.1 / 27)
+    assert beh(centre, 0.1 / 27).explore and not beh(None, 0.9).explore
+    b = beh(other, 0.1 / 27)
+    assert b.explore and b.propensity == pytest.approx(0.1 / 27)
+    # a document this tuner did not publish (e.g. before a restart): the logged value stands
+    assert beh(None, 0.9, version=doc.version + 7).propensity == 0.9
+    assert beh(centre, 0.1 / 27, version=doc.version + 7).propensity == 0.1 / 27
 
 
 @pytest.mark.parametrize("seed", [3, 11])
 def test_reinforce_learns_from_logged_actions_and_propensities(store: WeightsStore, seed: int) -> None:
-    """Synthetic sessions under a 20 % slice: 80 % get the current action (p = 0.8), the rest one of the
-    27 grid actions (p = 0.2 / 27); one explored action (one level more click weight) earns clearly more.
-    With the default learning rate and KL guard the tuner must move its policy towards it, pass the
-    gates and push it within 8 batches of 200 sessions (it took 3-7 over seeds 0-15)."""
+    """Synthetic sessions under a 20 % slice: 80 % get the current action by the segment's weights, the
+    rest one of the 27 grid actions (the current one too: p(current) = 0.8 + 0.2 / 27, p(other) = 0.2 / 27);
+    one explored action (one level more click weight) earns clearly more. With the default learning rate
+    and KL guard the tuner must move its policy towards it, pass the gates and push it within 8 batches of
+    200 sessions (it took 2-5 over seeds 0-15; 3-7 before the marginal propensity)."""
     t = tuner(store, explore_fraction=0.2, lr=0.5)  # default lr and kl_max (0.3)
     t.maybe_publish_exploration("default")
     current = nearest_action(BUILTIN_WEIGHTS, 10)

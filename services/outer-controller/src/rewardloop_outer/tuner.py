@@ -17,8 +17,9 @@ action; action id = ``l_click * L^2 + l_dwell * L + l_quality``) together with t
 script, and re-publishes it when the current weights move (an admin push). The scorer applies it
 and logs ``explore_action`` / ``explore_probability`` / ``exploration_version`` on every reward event;
 the session's record carries its first step's values in its ``tuner`` field (``logged``: true) and
-they are the (action, propensity) the learning and the relative-gain gate use. Sessions without a
-logged document count as the current action with propensity 1.
+they are the (action, propensity) the learning and the relative-gain gate use -- the propensity as the
+marginal probability of the served weights (:meth:`WeightTuner.behaviour_for`: the grid holds the
+current action too). Sessions without a logged document count as the current action with propensity 1.
 
 **Learning.** A factorised softmax policy per segment (context = segment; ``OUTER_TUNER_PER_SEGMENT``)
 ``pi(a) = prod_g softmax(theta_g)[a_g]``, started centred on the served action (strength 2) and re-centred
@@ -81,6 +82,7 @@ GROUPS: tuple[tuple[str, float, float], ...] = (
 SKIP_PER_QUALITY = -0.375
 MIN_ENTROPY = 0.05
 MAX_IW = 10.0
+MAX_REMEMBERED_DOCS = 256  # published exploration documents kept for the propensity correction
 
 
 def level_value(group: int, level: int, levels: int) -> float:
@@ -262,6 +264,8 @@ class WeightTuner:
         self.decisions: list[Decision] = []
         self._wcache: dict[str, tuple[float, Weights]] = {}
         self._explore_centre: dict[str, list[int]] = {}
+        # documents this tuner published: (segment, version) -> (centre action id, slice, action ids)
+        self._docs: dict[tuple[str, int], tuple[int, float, frozenset[int]]] = {}
 
     def _ctx(self, segment: str) -> str:
         return segment if self.per_segment else "default"
@@ -275,14 +279,25 @@ class WeightTuner:
         return self.behaviour_for(rec.segment, first)
 
     def behaviour_for(self, segment: str, first: Any = None) -> SessionTuner:
-        """:meth:`behaviour` of a session of ``segment`` (the engine has no record model to pass)."""
-        current = nearest_action(self._weights(segment), self.levels)
+        """:meth:`behaviour` of a session of ``segment`` (the engine has no record model to pass).
+
+        The propensity is the behaviour's marginal probability of the session's *action* (a weight
+        vector), not of the branch the scorer took: the grid contains the document's centre, so the
+        centre is served with ``(1 - slice) + slice/n`` -- by the segment's weights or by an exploration
+        draw that landed on it -- while the scorer logs ``1 - slice`` or ``slice/n`` for its branch. For a
+        document this tuner published it knows the centre and the grid and corrects the logged value;
+        for any other (published before a restart, or by someone else) the logged value stands."""
         prob = getattr(first, "explore_probability", None)
         version = getattr(first, "exploration_version", None)
         act_id = getattr(first, "explore_action", None)
         if prob is None or version is None:
+            current = nearest_action(self._weights(segment), self.levels)
             return SessionTuner(action=current, propensity=1.0, explore=False)
+        doc = self._docs.get((segment, version))
         if act_id is not None and 0 <= act_id < self.n_actions:
+            if doc is not None:
+                centre, eps, ids = doc
+                prob = eps / len(ids) + (1.0 - eps if act_id == centre else 0.0)
             return SessionTuner(
                 action=decode_action(act_id, self.levels),
                 propensity=prob,
@@ -291,8 +306,14 @@ class WeightTuner:
                 exploration_version=version,
                 logged=True,
             )
+        if doc is not None:
+            centre, eps, ids = doc
+            action = decode_action(centre, self.levels)
+            prob = 1.0 - eps + (eps / len(ids) if centre in ids else 0.0)
+        else:
+            action = nearest_action(self._weights(segment), self.levels)
         return SessionTuner(
-            action=current, propensity=prob, explore=False, exploration_version=version, logged=True
+            action=action, propensity=prob, explore=False, exploration_version=version, logged=True
         )
 
     # ------------------------------------------------------------------------------ exploration
@@ -320,6 +341,8 @@ class WeightTuner:
             reason=reason,
         )
         self._explore_centre[segment] = centre
+        centre_id = encode_action(centre, self.levels)
+        self._remember_doc(segment, edoc.version, centre_id, edoc.slice, edoc.actions)
         self.metrics.exploration_version.labels(segment=segment).set(edoc.version)
         self.metrics.exploration_slice.labels(segment=segment).set(edoc.slice)
         log.info(
@@ -330,6 +353,11 @@ class WeightTuner:
             actions=len(edoc.actions),
             centre=centre,
         )
+
+    def _remember_doc(self, segment: str, version: int, centre: int, eps: float, actions: Any) -> None:
+        self._docs[(segment, version)] = (centre, eps, frozenset(a.id for a in actions))
+        while len(self._docs) > MAX_REMEMBERED_DOCS:  # sessions of older documents use the logged value
+            del self._docs[next(iter(self._docs))]
 
     def maybe_publish_exploration(self, segment: str) -> None:
         """(Re)publish when exploration is on and the current weights left the published centre."""
