@@ -6,7 +6,8 @@ Writes ``reports/learning/README.md`` and PNG plots. Every number in the report 
 
 Sections (see the report for the definitions):
 1. monolithic weighted-sum REINFORCE vs layered (inner per-step reward + outer business reward shared by
-   the gated-attention credit model), equal budgets, several seeds;
+   the gated-attention credit model) vs layered + dual critic (policies/dual_critic.py: own baselines for
+   the two parts), equal budgets, several seeds;
 2. credit attribution vs the simulator's ground-truth causal weights;
 3. Pareto fronts: weighted-sum weights vs the layered controller's KPI targets;
 4. the DRL-PUT weight tuner ablated (action space x exploration x learner; drlput_ablation.py) against its
@@ -52,6 +53,7 @@ from rewardloop_sim.recomind.env import EnvConfig, RecoMindEnv  # noqa: E402
 from rewardloop_sim.recomind.grounding import GroundedPreferences  # noqa: E402
 from rewardloop_trainer.credit.gated_attention import GatedAttentionCredit, train_credit_model  # noqa: E402
 from rewardloop_trainer.ope import Estimate  # noqa: E402
+from rewardloop_trainer.policies.dual_critic import DualCritic, dual_advantages, fit_critic  # noqa: E402
 from rewardloop_trainer.policies.softmax import (  # noqa: E402
     SoftmaxRanker,
     exp_weights,
@@ -110,6 +112,11 @@ CREDIT_OBJECTIVE = "decomposition"  # section 2's finding; also the trainer serv
 K = 10
 # inner (per-action) reward: the scorer's shape -- click, log-dwell, skip
 W_CLICK, W_DWELL, W_SKIP = 1.0, 0.3, -0.1
+DUAL = "layered + dual critic"
+LAYERED = ("layered", DUAL)  # the methods that share the business reward through the credit model
+# dual critic: a 32-unit trunk; its updates (full-batch Adam steps on each iteration's fresh, on-policy
+# batch) are part of the iteration, so the budget in sessions stays equal to the other methods'
+CRITIC_HIDDEN, CRITIC_STEPS, CRITIC_LR = 32, 20, 1e-2
 
 
 @dataclass
@@ -211,6 +218,17 @@ def returns(r: np.ndarray, gamma: float) -> np.ndarray:
     return g
 
 
+def critic_features(tr: Traj, max_steps: int) -> np.ndarray:
+    """(n, du + 3) state features ``s_t`` of the dual critic: what the controller knows before step t --
+    the user context, the session's progress and the inner reward so far (last step's and the mean)."""
+    inner = tr.inner_rewards()
+    before = np.concatenate([[0.0], np.cumsum(inner)[:-1]])
+    t = np.arange(tr.n)
+    last = np.concatenate([[0.0], inner[:-1]])
+    session = np.stack([t / max_steps, last / 10.0, before / np.maximum(t, 1) / 10.0], axis=1)
+    return np.concatenate([np.stack(tr.ctx), session], axis=1)
+
+
 def step_shares(model: GatedAttentionCredit | None, tr: Traj) -> np.ndarray:
     """Credit shares per env step: the action-level shares summed over each slate."""
     if model is None:
@@ -226,15 +244,19 @@ def policy_update(
     trajs: list[Traj],
     signals: list[np.ndarray],
     ent: float,
-) -> None:
-    """REINFORCE on Plackett-Luce slates: advantage = signal - mean signal at the same step index."""
+    *,
+    baseline: bool = True,
+) -> float:
+    """REINFORCE on Plackett-Luce slates: advantage = signal - mean signal at the same step index
+    (``baseline=False``: the signals are already advantages, e.g. the dual critic's). Returns the
+    advantages' variance."""
     t_max = max(len(s) for s in signals)
     base = np.zeros(t_max)
     cnt = np.zeros(t_max)
     for s in signals:
         base[: len(s)] += s
         cnt[: len(s)] += 1
-    base /= np.maximum(cnt, 1)
+    base = base / np.maximum(cnt, 1) if baseline else np.zeros(t_max)
     ctx = torch.as_tensor(np.concatenate([np.stack(t.ctx) for t in trajs]), dtype=torch.float32)
     feats = torch.as_tensor(np.concatenate([np.stack(t.feats) for t in trajs]), dtype=torch.float32)
     slates = torch.as_tensor(np.concatenate([np.stack(t.slate_idx) for t in trajs]), dtype=torch.long)
@@ -245,6 +267,7 @@ def policy_update(
     opt.zero_grad()
     loss.backward()
     opt.step()
+    return float(adv.var(unbiased=False))
 
 
 @dataclass
@@ -257,6 +280,7 @@ class RunResult:
     final_business: float
     final_clicks: float
     kappas: list[float]
+    adv_var: list[float] = field(default_factory=list)  # of the weight on ∇log π, per iteration
 
 
 def evaluate(policy: SoftmaxRanker, seed: int, world: World, n: int) -> tuple[float, float, float]:
@@ -285,11 +309,15 @@ def train(
     """``monolithic``: r_t = inner_t (+ w_biz·R at the last step), G_t discounted.
     ``layered``: G_t^inner + κ·share_t·(R - EMA(R)); shares from the gated-attention model retrained every
     ``credit_every`` iterations on the sessions so far (discounted shares before the first fit). With a
-    KPI ``target``, κ follows dual ascent: κ ← clip(κ + η (target − EMA(R)), 0, 8)."""
+    KPI ``target``, κ follows dual ascent: κ ← clip(κ + η (target − EMA(R)), 0, 8).
+    ``layered + dual critic``: the same credit, but the weight on ∇log π is the dual critic's
+    A_t = (G_t^inner − V_imm(s_t)) + κ·(share_t·R − V_ret(s_t)) instead of signal − batch mean."""
     env = world.env(seed)
     rng = np.random.default_rng(seed)
     policy = SoftmaxRanker(env.user_context_dim, env.item_feature_dim, seed=seed)
     opt = torch.optim.Adam(policy.parameters(), lr=0.05)
+    critic = DualCritic(env.user_context_dim + 3, hidden=CRITIC_HIDDEN, seed=seed)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=CRITIC_LR)
     credit: GatedAttentionCredit | None = None
     buffer: list[Traj] = []
     ema: float | None = None
@@ -297,26 +325,38 @@ def train(
     for it in range(iters):
         trajs = rollout(env, policy, batch, rng)
         signals = []
+        g_imm, g_ret = [], []
         for tr in trajs:
             inner = tr.inner_rewards()
             if method == "monolithic":
                 r = inner.copy()
                 r[-1] += w_biz * tr.business
                 signals.append(returns(r, GAMMA))
+            elif method == DUAL:
+                g_imm.append(returns(inner, GAMMA))
+                g_ret.append(step_shares(credit, tr) * tr.business)
+                signals.append(g_imm[-1] + kappa * g_ret[-1])  # the return before any baseline
             else:
                 adv = tr.business - (ema if ema is not None else tr.business)
                 signals.append(returns(inner, GAMMA) + kappa * step_shares(credit, tr) * adv)
         mean_biz = float(np.mean([t.business for t in trajs]))
         ema = mean_biz if ema is None else 0.8 * ema + 0.2 * mean_biz
-        if method == "layered" and target is not None:
+        if method in LAYERED and target is not None:
             kappa = float(np.clip(kappa + 0.5 * (target - ema), 0.0, 8.0))
         res.kappas.append(kappa)
-        policy_update(policy, opt, trajs, signals, ent=0.01)
+        if method == DUAL:
+            res.adv_var.append(
+                dual_critic_update(
+                    critic, critic_opt, policy, opt, trajs, g_imm, g_ret, kappa, world.config.max_steps
+                )
+            )
+        else:
+            res.adv_var.append(policy_update(policy, opt, trajs, signals, ent=0.01))
         res.ndcg.append(float(np.mean([np.mean(t.ndcg) for t in trajs])))
         res.business.append(mean_biz)
         res.clicks.append(float(np.mean([sum(c.sum() for c in t.clicks) for t in trajs])))
         res.signal_var.append(float(np.var(np.concatenate(signals))))
-        if method == "layered":
+        if method in LAYERED:
             buffer.extend(trajs)
             buffer = buffer[-400:]
             if (it + 1) % credit_every == 0:
@@ -333,6 +373,33 @@ def train(
                 ).model
     res.final_ndcg, res.final_business, res.final_clicks = evaluate(policy, seed, world, eval_sessions)
     return res
+
+
+def dual_critic_update(
+    critic: DualCritic,
+    critic_opt: torch.optim.Optimizer,
+    policy: SoftmaxRanker,
+    opt: torch.optim.Optimizer,
+    trajs: list[Traj],
+    g_imm: list[np.ndarray],
+    g_ret: list[np.ndarray],
+    kappa: float,
+    max_steps: int,
+) -> float:
+    """One iteration of ``layered + dual critic``: advantages from the critic as it was before this batch
+    (its statistics update preserves predictions; the first one centres it on the batch), the policy
+    step on them, then the critic's own steps on the batch. Returns the advantages' variance."""
+    feats = torch.as_tensor(
+        np.concatenate([critic_features(t, max_steps) for t in trajs]), dtype=torch.float32
+    )
+    gi = torch.as_tensor(np.concatenate(g_imm), dtype=torch.float32)
+    gr = torch.as_tensor(np.concatenate(g_ret), dtype=torch.float32)
+    critic.update_stats(torch.stack([gi, gr], dim=1))
+    adv = dual_advantages(critic, feats, gi, gr, kappa).numpy()
+    split = np.split(adv, np.cumsum([t.n for t in trajs])[:-1])
+    var = policy_update(policy, opt, trajs, split, ent=0.01, baseline=False)
+    fit_critic(critic, critic_opt, feats, gi, gr, CRITIC_STEPS)
+    return var
 
 
 def iterations_to_converge(curve: list[float], window: int = 5, frac: float = 0.95) -> int:
@@ -691,15 +758,15 @@ def main() -> int:
 
     # ---- 1. monolithic vs layered
     t = time.time()
-    runs: dict[str, list[RunResult]] = {"monolithic": [], "layered": []}
+    runs: dict[str, list[RunResult]] = {"monolithic": [], "layered": [], DUAL: []}
     for s in seeds:
         for m in runs:
             runs[m].append(train(m, s, world, iters, batch))
             print(f"[1] {m} seed {s}: final business {runs[m][-1].final_business:.3f}", flush=True)
     timings["1"] = time.time() - t
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     for m, rs in runs.items():
-        for key, ax in zip(("ndcg", "business", "signal_var"), axes, strict=True):
+        for key, ax in zip(("ndcg", "business", "signal_var", "adv_var"), axes, strict=True):
             curve = np.mean([getattr(r, key) for r in rs], axis=0)
             ax.plot(curve, label=m)
             ax.set_title(
@@ -707,6 +774,7 @@ def main() -> int:
                     "ndcg": "NDCG@10 (training rollouts)",
                     "business": "business reward / session",
                     "signal_var": "reward-signal variance",
+                    "adv_var": "advantage variance (weight on ∇log π)",
                 }[key]
             )
             ax.set_xlabel("iteration")
@@ -728,30 +796,54 @@ def main() -> int:
             "conv_biz": [iterations_to_converge(r.business) for r in rs],
             "conv_ndcg": [iterations_to_converge(r.ndcg) for r in rs],
             "var": [float(np.mean(r.signal_var)) for r in rs],
+            "adv_var": [float(np.mean(r.adv_var)) for r in rs],
         }
     lines += [
-        "## 1. Monolithic weighted-sum vs layered inner/outer",
+        "## 1. Monolithic weighted-sum vs layered inner/outer (± dual critic)",
         "",
         f"{len(seeds)} seed(s) ({seeds}), {iters} iterations × {batch} sessions each (equal budgets), "
-        f"evaluation on 200 fresh sessions of the same world. Mean ± sd over seeds.",
+        f"evaluation on 200 fresh sessions of the same world. Mean ± sd over seeds. Monolithic and layered "
+        "weight ∇log π by the signal minus the batch's mean signal at the same step index. *Layered + dual "
+        "critic* (`rewardloop_trainer.policies.dual_critic`) keeps the layered credit but replaces that "
+        "baseline (and the EMA of R) by two value heads on the same state features (user context, session "
+        "progress, inner reward so far; a shared 32-unit tanh trunk): V_imm fitted to the inner return "
+        "G_imm, V_ret to the credited business reward share_t·R, each by MSE at its own scale (PopArt "
+        "normalisation), and A_t = (G_imm − V_imm) + κ·(share_t·R − V_ret), κ = 1. The critic's advantages "
+        f"come from its state before the batch; then it takes {CRITIC_STEPS} full-batch Adam steps "
+        f"(lr {CRITIC_LR}) on that batch, so no extra sessions are used. Its reward-signal variance is that "
+        "of G_imm + κ·share_t·R (no baseline); *advantage variance* = variance of the weight that actually "
+        "multiplies ∇log π, for every method. The batch's per-step-index mean includes each session's own "
+        "return (few sessions reach the late step indices), the critic predicts a batch it has not seen.",
         "",
         "| method | NDCG@10 | business reward / session | clicks / session | iterations to converge "
-        "(business) | (NDCG) | reward-signal variance |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "(business) | (NDCG) | reward-signal variance | advantage variance |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m, row in rows.items():
         lines.append(
             f"| {m} | {stat(row['ndcg'])} | {stat(row['biz'])} | {stat(row['clicks'])} | "
-            f"{stat(row['conv_biz'])} | {stat(row['conv_ndcg'])} | {stat(row['var'])} |"
+            f"{stat(row['conv_biz'])} | {stat(row['conv_ndcg'])} | {stat(row['var'])} | "
+            f"{stat(row['adv_var'])} |"
         )
     rel = lambda a, b: 100.0 * (np.mean(a) - np.mean(b)) / abs(np.mean(b)) if np.mean(b) else float("nan")  # noqa: E731
+
+    def versus(a: str, b: str) -> str:
+        ra, rb = rows[a], rows[b]
+        return (
+            f"{a[0].upper() + a[1:]} vs {b}: NDCG@10 {rel(ra['ndcg'], rb['ndcg']):+.1f} %, "
+            f"business reward {rel(ra['biz'], rb['biz']):+.1f} %, "
+            f"iterations to converge (business) {rel(ra['conv_biz'], rb['conv_biz']):+.1f} %, "
+            f"signal variance {np.mean(rb['var']):.2f} → {np.mean(ra['var']):.2f}, "
+            f"advantage variance {np.mean(rb['adv_var']):.2f} → {np.mean(ra['adv_var']):.2f}."
+        )
+
     lines += [
         "",
-        f"Layered vs monolithic: NDCG@10 {rel(rows['layered']['ndcg'], rows['monolithic']['ndcg']):+.1f} %, "
-        f"business reward {rel(rows['layered']['biz'], rows['monolithic']['biz']):+.1f} %, "
-        "iterations to converge (business) "
-        f"{rel(rows['layered']['conv_biz'], rows['monolithic']['conv_biz']):+.1f} %, "
-        f"signal variance {np.mean(rows['monolithic']['var']):.2f} → {np.mean(rows['layered']['var']):.2f}.",
+        versus("layered", "monolithic"),
+        "",
+        versus(DUAL, "monolithic"),
+        "",
+        versus(DUAL, "layered"),
         "",
         "![learning curves](learning_curves.png)",
         "",
