@@ -281,3 +281,25 @@ def test_compaction_moves_the_log_into_the_snapshot(rds: redis.Redis) -> None:
     ctl.subscribe()
     run_to_end(ctl)
     assert final_sessions(log) == final_sessions(ref_log)
+
+
+def test_a_segment_the_weights_store_cannot_key_does_not_stop_the_controller(rds: redis.Redis) -> None:
+    """The scorer accepts any id-like segment; the weights store only ``[A-Za-z0-9_.-]+``. Such sessions
+    are emitted like any other and the tuner skips them (counted) -- a crash here would repeat on every
+    replay of the same records."""
+    log = Log()
+    for u in range(12):  # > outer_update_batch_sessions (5): the tuner gets a full batch of them
+        user = f"odd{u}"
+        for i in range(2):
+            ev = make_reward_event(f"{user}-{i}", user, T0 + u * 1000 + i * 10, segment="vip users")
+            log.append(R, user, encode_json(ev))
+    for p in range(log.n):
+        user = next(f"tick{i}" for i in range(1000) if hash(f"tick{i}") % log.n == p)
+        log.append(R, user, tick_event(p, GAP_S * 1000))
+    ctl = make(log, rds, outer_consumer_group="odd-segment")
+    ctl.subscribe()
+    run_to_end(ctl, steps=50)
+    sessions = final_sessions(log)
+    assert {s["segment"] for s in sessions.values()} == {"vip users"} and len(sessions) == 12
+    skipped = ctl.metrics.tuner_errors.labels(reason="invalid_segment")._value.get()
+    assert skipped >= 1

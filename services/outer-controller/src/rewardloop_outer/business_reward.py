@@ -47,12 +47,18 @@ def step_engagement(clicked: bool, dwell_seconds: float, skipped: bool) -> float
     return step_gain(clicked, dwell_seconds, False) - (0.5 if skipped else 0.0)
 
 
+#: log2(i + 2), the DCG discount of rank i (computed once; the same values as computing them inline)
+_DISCOUNTS: Final = tuple(math.log2(i + 2) for i in range(NDCG_K))
+
+
 def ndcg_at_k(gains_by_position: list[tuple[int, float]], k: int = NDCG_K) -> float:
     """NDCG@k of one served slate from its logged ``(position, gain)`` pairs (0 when no gain)."""
     ranked = sorted(gains_by_position)
-    dcg = sum(g / math.log2(i + 2) for i, (_, g) in enumerate(ranked[:k]))
-    ideal = sorted((g for _, g in ranked), reverse=True)[:k]
-    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+    disc = _DISCOUNTS if k == NDCG_K else tuple(math.log2(i + 2) for i in range(k))
+    # zip stops at min(len, k): the first k ranks, summed in rank order as before
+    dcg = sum([g / d for (_, g), d in zip(ranked, disc, strict=False)])
+    ideal = sorted([g for _, g in ranked], reverse=True)
+    idcg = sum([g / d for g, d in zip(ideal, disc, strict=False)])
     return dcg / idcg if idcg > 0 else 0.0
 
 
@@ -73,16 +79,26 @@ def business_parts(
     pr = {**DEFAULT_PRIORITIES, **(priorities or {})}
     slates: dict[str, list[tuple[int, float]]] = {}
     eng = 0.0
+    log1p = math.log1p
     for slate, pos, clicked, dwell, skipped in steps:
-        slates.setdefault(slate, []).append((pos, step_gain(clicked, dwell, skipped)))
-        eng += step_engagement(clicked, dwell, skipped)
+        # step_gain and step_engagement of the step, from one log1p (the same arithmetic)
+        g = (1.0 if clicked else 0.0) + log1p(max(0.0, dwell)) / DWELL_NORM
+        gains = slates.get(slate)
+        if gains is None:
+            gains = slates[slate] = []
+        if skipped:
+            gains.append((pos, 0.0))
+            eng += g - 0.5
+        else:
+            gains.append((pos, g))
+            eng += g - 0.0
     parts = {
         "revenue": math.log1p(max(0.0, float(revenue))),
-        "ndcg10": sum(ndcg_at_k(v) for v in slates.values()) / len(slates) if slates else 0.0,
+        "ndcg10": sum([ndcg_at_k(v) for v in slates.values()]) / len(slates) if slates else 0.0,
         "engagement": eng / len(steps) if steps else 0.0,
         "retention": RETURN_VISIT_WEIGHT * return_visits + SUBSCRIPTION_WEIGHT * subscriptions,
     }
-    value = sum(pr[k] * parts[k] for k in DEFAULT_PRIORITIES)
+    value = sum([pr[k] * parts[k] for k in DEFAULT_PRIORITIES])
     parts["value"] = min(REWARD_MAX, max(REWARD_MIN, value))
     return parts
 

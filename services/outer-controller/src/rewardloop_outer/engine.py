@@ -710,6 +710,15 @@ class DurableController:
                 self.tuner.add(rec)
             except (RedisError, OSError) as exc:
                 log.error("weight tuner failed (batch dropped)", segment=rec.segment, error=str(exc))
+                self.metrics.tuner_errors.labels(reason="redis").inc()
+            except ValidationError as exc:
+                # a segment the scorer accepts but the weights store cannot key (e.g. a space in it):
+                # nothing to tune for it; the session is on recsys.sessions already
+                log.warning("session's segment is not a weights segment", segment=rec.segment, error=str(exc))
+                self.metrics.tuner_errors.labels(reason="invalid_segment").inc()
+            except Exception as exc:  # noqa: BLE001 - the replayed record would crash the controller again
+                log.exception("weight tuner failed on a session", segment=rec.segment, error=str(exc))
+                self.metrics.tuner_errors.labels(reason="error").inc()
 
 
 def make_tuner(settings: OuterSettings, store: Any, metrics: OuterMetrics) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -62,6 +63,7 @@ class OuterMetrics:
             "Version of the gated-attention credit model in use (0 = discounted shares).",
             registry=r,
         )
+        self._credited: dict[str, tuple[Any, int]] = {}  # observe_credit: model name -> (child, version)
         self.step_credit = Histogram(
             "rewardloop_outer_step_credit",
             "Per-step credit (share x session advantage) written into recsys.sessions.",
@@ -134,6 +136,13 @@ class OuterMetrics:
             "Weight tuner decisions, by segment and decision (pushed, shadow, rollback, "
             "blocked_min_sessions, blocked_diversity, blocked_relative_gain, no_change).",
             ["segment", "decision"],
+            registry=r,
+        )
+        self.tuner_errors = Counter(
+            "rewardloop_outer_tuner_errors_total",
+            "Closed sessions the weight tuner could not use, by reason (redis, invalid_segment, error); "
+            "the sessions themselves are already on recsys.sessions.",
+            ["reason"],
             registry=r,
         )
         self.tuner_explored = Counter(
@@ -211,8 +220,16 @@ class OuterMetrics:
     def observe_credit(self, credit_model: str | None, credits: list[float]) -> None:
         """One closed session's credit model (``discounted`` or ``gated-attention:v<N>``) and step credits."""
         name = credit_model or "discounted"
-        kind, _, version = name.partition(":v")
-        self.sessions_credited.labels(model=kind).inc()
-        self.credit_model_version.set(int(version) if version.isdigit() else 0)
+        # the labelled child and the version per model name, resolved once (once per closed session)
+        resolved = self._credited.get(name)
+        if resolved is None:
+            kind, _, version = name.partition(":v")
+            resolved = self._credited[name] = (
+                self.sessions_credited.labels(model=kind),
+                int(version) if version.isdigit() else 0,
+            )
+        child, version_n = resolved
+        child.inc()
+        self.credit_model_version.set(version_n)
         for c in credits:
             self.step_credit.observe(c)

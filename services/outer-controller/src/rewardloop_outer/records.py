@@ -68,16 +68,44 @@ def session_step(a: Action | RewardEvent, g: float, **extra: Any) -> SessionStep
     )
 
 
-def session_kpi(closed: ClosedSession) -> SessionKpi:
+@dataclass(slots=True)
+class KpiTotals:
+    """The fields of :class:`SessionKpi`, without the model (one per closed session: the validation
+    was a visible share of closing a session; :func:`session_kpi` checks what the model would)."""
+
+    revenue: float
+    purchases: int
+    return_visits: int
+    subscriptions: int
+    event_ids: list[str]
+
+    def model(self) -> SessionKpi:
+        return SessionKpi(
+            revenue=self.revenue,
+            purchases=self.purchases,
+            return_visits=self.return_visits,
+            subscriptions=self.subscriptions,
+            event_ids=self.event_ids,
+        )
+
+
+def session_kpi(closed: ClosedSession) -> KpiTotals:
     """The session's KPI totals (revenue of purchases, counts per kind, the attributed event ids)."""
-    purchases = [k for k in closed.kpis if k.kind == "purchase"]
-    return SessionKpi(
-        revenue=sum((k.revenue or 0.0) for k in purchases),
+    kpis = closed.kpis
+    if not kpis:
+        return KpiTotals(0.0, 0, 0, 0, [])
+    purchases = [k for k in kpis if k.kind == "purchase"]
+    # float(): the model's int -> float coercion (an empty sum is the int 0)
+    totals = KpiTotals(
+        revenue=float(sum((k.revenue or 0.0) for k in purchases)),
         purchases=len(purchases),
-        return_visits=sum(1 for k in closed.kpis if k.kind == "return_visit"),
-        subscriptions=sum(1 for k in closed.kpis if k.kind == "subscription"),
-        event_ids=[k.event_id for k in closed.kpis],
+        return_visits=sum(1 for k in kpis if k.kind == "return_visit"),
+        subscriptions=sum(1 for k in kpis if k.kind == "subscription"),
+        event_ids=[k.event_id for k in kpis],
     )
+    if not math.isfinite(totals.revenue):
+        totals.model()  # raises the model's ValidationError, as building the model did
+    return totals
 
 
 @dataclass
@@ -98,7 +126,7 @@ class RecordValues:
     gamma: float
     returns: list[float]
     credits: list[float]
-    kpi: SessionKpi
+    kpi: KpiTotals
     business_reward: float
     parts: dict[str, float]
     priorities: dict[str, float]
@@ -174,7 +202,7 @@ def record_model(v: RecordValues, tuner: SessionTuner | None = None) -> SessionR
         gamma=v.gamma,
         steps=steps,
         discounted_return=v.returns[0] if v.returns else 0.0,
-        kpi=v.kpi,
+        kpi=v.kpi.model(),
         business_reward=v.business_reward,
         weights_versions=v.weights_versions,
         revision=closed.revision,

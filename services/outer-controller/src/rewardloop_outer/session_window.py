@@ -57,6 +57,7 @@ Rules:
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -184,8 +185,59 @@ def session_key(user_id: str, start_ms: int) -> str:
     return f"{user_id}:{start_ms}"
 
 
+class DueQueue:
+    """A min-queue of ``(key, user)`` entries: the order of :mod:`heapq` over the same entries, cheaper
+    when keys arrive in increasing order (the usual case: an open session's ``last_ms`` is the newest
+    event time).
+
+    Why: with a per-action push and pop, a heap of every entry of the last ``gap`` costs ~15 tuple
+    comparisons per pop. An entry whose key is above every queued run entry's is appended to a
+    sorted run (a deque); any other goes to a heap. :meth:`pop` takes the smaller head of the two, so
+    the entries come out in exactly the heap's order (equal entries are equal tuples: their order
+    cannot matter) -- the same entries, stale ones included, so callers see what one heap gave them."""
+
+    __slots__ = ("run", "heap")
+
+    def __init__(self) -> None:
+        self.run: deque[tuple[int, str]] = deque()  # sorted: appended only above its last key
+        self.heap: list[tuple[int, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.run) + len(self.heap)
+
+    def push(self, key: int, user: str) -> None:
+        run = self.run
+        if not run or key > run[-1][0]:
+            run.append((key, user))
+        else:
+            heapq.heappush(self.heap, (key, user))
+
+    def due(self, clock: int, gap: int) -> bool:
+        """Is there an entry with ``clock - key > gap``?"""
+        run, heap = self.run, self.heap
+        return bool((run and clock - run[0][0] > gap) or (heap and clock - heap[0][0] > gap))
+
+    def pop(self) -> tuple[int, str]:
+        """The smallest entry (the queue must not be empty)."""
+        run, heap = self.run, self.heap
+        if heap and (not run or heap[0] < run[0]):
+            return heapq.heappop(heap)
+        return run.popleft()
+
+
 def _event_line(kind: bytes, uj: bytes, sid: int, raw: bytes) -> bytes:
     return b"".join((b'["', kind, b'",', uj, b",", str(sid).encode(), b",", raw, b"]"))  # one copy of raw
+
+
+def _header_line(uj: bytes, o: OpenSession | None, rs: list[OpenSession] | None) -> bytes:
+    """A user's header line from its open (``None``: none) and retained sessions."""
+    return (
+        b'["h",'
+        + uj
+        + b","
+        + orjson.dumps({"o": None if o is None else o.meta(), "r": [r.meta() for r in rs or ()]})
+        + b"]"
+    )
 
 
 class SessionWindow:
@@ -211,7 +263,7 @@ class SessionWindow:
         self.kpi_settle_ms = 2 * self.gap_ms + lateness
         self.max_event_ms = 0
         self._open: dict[str, OpenSession] = {}
-        self._open_heap: list[tuple[int, str]] = []  # (last_ms, user) lazily invalidated
+        self._open_due = DueQueue()  # (last_ms, user) lazily invalidated
         self._retained: dict[str, list[OpenSession]] = {}
         self._retained_heap: list[tuple[int, str]] = []  # (expiry clock, user) lazily invalidated
         self._pending: dict[str, dict[str, Kpi]] = {}
@@ -297,15 +349,6 @@ class SessionWindow:
 
     # ------------------------------------------------------------------------------------- updates
 
-    def _is_duplicate_action(self, user: str, eid: str) -> bool:
-        s = self._open.get(user)
-        if s is not None and eid in s.actions:
-            return True
-        for r in self._retained.get(user, ()):
-            if eid in r.actions:
-                return True
-        return False
-
     def _too_late(self, t: int, clock: int) -> bool:
         return self.lateness_ms is not None and clock - t > self.gap_ms + self.lateness_ms
 
@@ -321,28 +364,40 @@ class SessionWindow:
     def add_action(self, ev: Action | RewardEvent, now_ms: int) -> AddResult:
         if not isinstance(ev, Action):
             ev = action_from_model(ev)
-        user = ev.user_id
-        if self._is_duplicate_action(user, ev.event_id):
+        user, eid = ev.user_id, ev.event_id
+        # de-duplication against the user's open and retained sessions (inlined: once per record)
+        s = self._open.get(user)
+        if s is not None and eid in s.actions:
             self.duplicates += 1
             return AddResult.DUPLICATE
+        for kept in self._retained.get(user, ()):
+            if eid in kept.actions:
+                self.duplicates += 1
+                return AddResult.DUPLICATE
         t = ev.event_time_ms
         if t > self.max_event_ms:
             self.max_event_ms = t
         clock = self.max_event_ms if self.max_event_ms >= now_ms else int(now_ms)
-        if (self._open_heap and clock - self._open_heap[0][0] > self.gap_ms) or (
-            self._pending_heap and clock > self._pending_heap[0][0]
+        due, gap = self._open_due, self.gap_ms
+        if (
+            (due.run and clock - due.run[0][0] > gap)
+            or (due.heap and clock - due.heap[0][0] > gap)
+            or (self._pending_heap and clock > self._pending_heap[0][0])
         ):
             self._advance(clock)
-        s = self._open.get(user)
-        if s is not None and t > s.last_ms + self.gap_ms:
+            s = self._open.get(user)  # _advance may have closed it
+        if s is not None and t > s.last_ms + gap:
             del self._open[user]
             self._close_into(s, clock)
             s = None
-        if s is not None and t >= s.start_ms - self.gap_ms:
-            last = s.last_ms
-            s.add(ev)
-            if s.last_ms != last:
-                heapq.heappush(self._open_heap, (s.last_ms, user))
+        if s is not None and t >= s.start_ms - gap:
+            # OpenSession.add, inlined; a new last_ms gets a queue entry
+            s.actions[eid] = ev
+            if t < s.start_ms:
+                s.start_ms = t
+            if t > s.last_ms:
+                s.last_ms = t
+                due.push(t, user)
             self._append(user, s.sid, b"a", ev.raw)
             return AddResult.ADDED
         # before the open session's span, or no open session
@@ -365,7 +420,7 @@ class SessionWindow:
             s = OpenSession(user, ev.segment, t, t, sid=self._new_sid(user))
             s.add(ev)
             self._open[user] = s
-            heapq.heappush(self._open_heap, (t, user))
+            due.push(t, user)
             self._append(user, s.sid, b"a", ev.raw)
             return AddResult.ADDED
         self.late_actions += 1
@@ -479,9 +534,9 @@ class SessionWindow:
         Runs after every action (and in :meth:`close_due`), so a session closes at the exact event
         that makes it due: with an event-time clock, what a partition's state looks like after its
         n-th record does not depend on how the records were batched (a replay yields the same)."""
-        heap = self._open_heap
-        while heap and clock - heap[0][0] > self.gap_ms:
-            last, user = heapq.heappop(heap)
+        due, gap = self._open_due, self.gap_ms
+        while due.due(clock, gap):
+            last, user = due.pop()
             s = self._open.get(user)
             if s is None or s.last_ms != last:
                 continue  # stale heap entry
@@ -568,19 +623,7 @@ class SessionWindow:
     # --------------------------------------------------------------------------- durable state
 
     def _header_line(self, user: str, uj: bytes) -> bytes:
-        o = self._open.get(user)
-        return (
-            b'["h",'
-            + uj
-            + b","
-            + orjson.dumps(
-                {
-                    "o": None if o is None else o.meta(),
-                    "r": [r.meta() for r in self._retained.get(user, ())],
-                }
-            )
-            + b"]"
-        )
+        return _header_line(uj, self._open.get(user), self._retained.get(user))
 
     def _has_state(self, user: str) -> bool:
         return user in self._open or bool(self._retained.get(user)) or bool(self._pending.get(user))
@@ -607,15 +650,19 @@ class SessionWindow:
     def delta(self, users: Iterable[str] | None = None) -> bytes:
         """The lines that bring a store from the last committed delta to now (see the module doc)."""
         lines: list[bytes] = []
+        # one lookup of the user's sessions for both "any state left?" and the header (a header per
+        # dirty user per checkpoint: about one per record)
+        open_, retained, pending, uj_of = self._open, self._retained, self._pending, self._uj
         for user in self.dirty if users is None else users:
-            uj = self._uj.get(user) or orjson.dumps(user)
-            if not self._has_state(user):
+            uj = uj_of.get(user) or orjson.dumps(user)
+            o, rs = open_.get(user), retained.get(user)
+            if o is None and not rs and not pending.get(user):  # not _has_state(user)
                 lines.append(b'["d",' + uj + b"]")
             elif user in self._rewrite:
                 lines.append(b'["f",' + uj + b"]")
                 lines.extend(self._full_lines(user, uj))
             else:
-                lines.append(self._header_line(user, uj))
+                lines.append(_header_line(uj, o, rs))
                 lines.extend(self._appended.get(user, ()))
         return b"\n".join(lines)
 
@@ -661,7 +708,7 @@ class SessionWindow:
             s = OpenSession.from_meta(user, h["o"])
             sessions[s.sid] = s
             self._open[user] = s
-            heapq.heappush(self._open_heap, (s.last_ms, user))
+            self._open_due.push(s.last_ms, user)
         rs = [OpenSession.from_meta(user, m) for m in h["r"]]
         for r in rs:
             sessions[r.sid] = r
