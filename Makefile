@@ -106,7 +106,10 @@ test-ops: ## ops tests: promtool checks + rule unit tests, dashboard lint, every
 	@rc=0; $(VENV)/pytest tests/ops || rc=$$?; \
 	RUN_DIR=$(OPS_RUN_DIR) deploy/local/stop.sh >/dev/null 2>&1 || true; \
 	exit $$rc
+
+.PHONY: bench-outer bench-tuner
 bench-outer: ; $(VENV)/python services/outer-controller/bench/bench_outer.py $(BENCH_OUTER_ARGS) ## outer controller: events/s from real Kafka into durable session state + event-to-state lag P50/P99
+bench-tuner: ; $(VENV)/python services/outer-controller/bench/bench_tuner_slice.py $(BENCH_TUNER_ARGS) ## DRL-PUT tuner: sessions until it pushes a better action, per exploration slice (synthetic world, real Redis)
 
 TRAINER_PY := .venv-trainer/bin/python
 .PHONY: install-trainer test-trainer bench-learning
