@@ -13,7 +13,7 @@ from outer_streams import stream_items, tick_event
 from prometheus_client import CollectorRegistry
 
 from rewardloop_common.kafka import encode_json
-from rewardloop_common.testing import RedisServer, make_reward_event
+from rewardloop_common.testing import RedisServer, make_kpi_event, make_reward_event
 from rewardloop_common.weights_store import WeightsStore
 from rewardloop_outer.engine import DurableController, make_tuner
 from rewardloop_outer.metrics import OuterMetrics
@@ -303,3 +303,29 @@ def test_a_segment_the_weights_store_cannot_key_does_not_stop_the_controller(rds
     assert {s["segment"] for s in sessions.values()} == {"vip users"} and len(sessions) == 12
     skipped = ctl.metrics.tuner_errors.labels(reason="invalid_segment")._value.get()
     assert skipped >= 1
+
+
+def test_a_session_whose_record_cannot_be_built_goes_to_the_late_topic(rds: redis.Redis) -> None:
+    """Every event is valid, but two purchases of 1e308 sum to inf: ``recsys.sessions`` cannot carry the
+    session. It must not stop the controller (the replay would stop it again) nor vanish: it goes to the
+    late topic (reason ``invalid_session``), counted; the other sessions are unaffected."""
+    log = Log()
+    for user in ("rich", "plain"):
+        for i in range(2):
+            log.append(R, user, encode_json(make_reward_event(f"{user}-{i}", user, T0 + i * 10)))
+    for i in range(2):
+        kpi = make_kpi_event(f"buy-{i}", "rich", "purchase", T0 + 5 + i, revenue=1e308)
+        log.append(K, "rich", encode_json(kpi))
+    for p in range(log.n):
+        user = next(f"tick{i}" for i in range(1000) if hash(f"tick{i}") % log.n == p)
+        log.append(R, user, tick_event(p, GAP_S * 1000))
+    ctl = make(log, rds, outer_consumer_group="overflow")
+    ctl.subscribe()
+    run_to_end(ctl, steps=50)
+    assert {s["user_id"] for s in final_sessions(log).values()} >= {"plain"}
+    assert "rich" not in {s["user_id"] for s in final_sessions(log).values()}
+    late = [json.loads(v) for t, _, v in log.out if t == L]
+    bad = [r for r in late if r["reason"] == "invalid_session"]
+    assert len(bad) == 1 and bad[0]["kind"] == "session" and bad[0]["user_id"] == "rich"
+    assert bad[0]["event"]["n_steps"] == 2 and bad[0]["event"]["kpi_event_ids"] == ["buy-0", "buy-1"]
+    assert ctl.metrics.late_records.labels(reason="invalid_session")._value.get() == 1

@@ -49,7 +49,7 @@ from .credit import CreditAssigner
 from .fastevents import parse_action, parse_kpi
 from .metrics import OuterMetrics
 from .records import RewardContext, compute_record, record_json
-from .session_window import AddResult, ClosedSession, SessionWindow
+from .session_window import AddResult, ClosedSession, LateEvent, SessionWindow
 from .settings import OuterSettings
 from .state_store import Fenced, ShardDelta, StateStore
 from .tradeoff import TradeoffTracker
@@ -411,7 +411,12 @@ class DurableController:
                     skey = closed.session_key
                     if skey in fresh_baselines:
                         closed = dataclasses.replace(closed, baseline=fresh_baselines[skey])
-                self._emit(shard, closed, fresh_tuners, fresh_baselines)
+                try:
+                    self._emit(shard, closed, fresh_tuners, fresh_baselines)
+                except (ValidationError, ValueError, OverflowError) as exc:
+                    # valid events, but no record can carry the session (e.g. revenues summing to inf):
+                    # stopping would stop again at the same record after every restart
+                    self._invalid_session(shard, closed, exc)
             if w.unattributed_kpis > before_unattributed:
                 self.metrics.kpi_unattributed.inc(w.unattributed_kpis - before_unattributed)
             for late in w.drain_late():
@@ -471,6 +476,36 @@ class DurableController:
             m.amendments.inc()
         if self.on_record is not None:
             self.on_record(SessionRecord.model_validate_json(value))
+
+    def _invalid_session(self, shard: Shard, closed: ClosedSession, exc: Exception) -> None:
+        """A session whose record cannot be built goes to the late topic (``kind`` session, ``reason``
+        invalid_session) with what identifies its events; they stay in the durable state meanwhile."""
+        skey = closed.session_key
+        log.error("session record cannot be built; sent to the late topic", session_key=skey, error=str(exc))
+        late = LateEvent(
+            "session",
+            "invalid_session",
+            closed.user_id,
+            skey,
+            closed.end_ms,
+            closed.closed_at_ms,
+            {
+                "session_key": skey,
+                "revision": closed.revision,
+                "n_steps": len(closed.actions),
+                "action_event_ids": [a.event_id for a in closed.actions],
+                "kpi_event_ids": [k.event_id for k in closed.kpis],
+                "error": str(exc)[:2000],
+            },
+        )
+        self._outbox_add(
+            shard,
+            f"l:session:{skey}:{closed.revision}",
+            self.s.outer_late_topic,
+            closed.user_id,
+            late.to_json_bytes(),
+        )
+        self.metrics.late_records.labels(reason="invalid_session").inc()
 
     def _outbox_add(self, shard: Shard, rid: str, topic: str, key: str, value: bytes) -> None:
         shard.outbox[rid] = (topic, key.encode(), value)

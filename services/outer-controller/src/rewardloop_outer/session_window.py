@@ -156,7 +156,8 @@ class ClosedSession:
 @dataclass(frozen=True)
 class LateEvent:
     """An event that no session took: ``kind`` is ``action`` or ``kpi``; ``reason`` is
-    ``beyond_allowed_lateness`` or ``unattributed``."""
+    ``beyond_allowed_lateness`` or ``unattributed``. (The engine also sends a session whose record cannot
+    be built this way: ``kind`` session, ``reason`` invalid_session.)"""
 
     kind: str
     reason: str
