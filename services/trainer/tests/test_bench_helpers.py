@@ -1,4 +1,5 @@
-"""The learning benchmark's helpers: convergence, hull, credit scoring, bootstrap, DRL-PUT ablation."""
+"""The learning benchmark's helpers: convergence, hull, credit scoring, bootstrap, DRL-PUT ablation,
+section 5's KL-bound choice."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import drlput_ablation as da  # noqa: E402
 
 from rewardloop_outer.tuner import Policy as TunerPolicy  # noqa: E402
 from rewardloop_outer.tuner import reinforce_gradient  # noqa: E402
+from rewardloop_trainer.ope import Estimate  # noqa: E402
 
 # ------------------------------------------------------------------------------ iterations_to_converge
 
@@ -196,3 +198,41 @@ def test_slate_phi_is_the_position_discounted_slate_mean_and_its_cross_with_the_
     d = 1.0 / np.log2([2.0, 3.0])
     m = (d[0] * feats[0, 2] + d[1] * feats[0, 0]) / d.sum()
     np.testing.assert_allclose(phi[0, 0], np.concatenate([[1.0], ctx[0], m, np.outer(ctx[0], m).ravel()]))
+
+
+# ---------------------------------------------------------------- choose_kl_bound (section 5's KL bound)
+
+
+def _case(lower: float, kl: float, better: bool) -> bl.GateCase:
+    # DR's interval only matters through its lower bound; the behaviour's held-out value is 1.0 throughout
+    est = Estimate("dr", lower + 0.5, lower, lower + 1.0, 100, 50.0)
+    return bl.GateCase(est, kl, 1.0, better)
+
+
+def test_choose_kl_bound_counts_right_decisions_per_bound() -> None:
+    cases = [
+        _case(1.2, 0.3, True),  # a close, better candidate: needs a bound >= 0.3
+        _case(1.5, 3.0, False),  # a far, worse one that OPE over-rates: only a bound < 3 blocks it
+        _case(0.8, 0.1, False),  # OPE blocks it whatever the bound: right everywhere
+        _case(1.3, 2.0, True),  # better, KL exactly 2: a bound of 2 lets it through (KL <= bound)
+    ]
+    chosen, right = bl.choose_kl_bound(cases)
+    assert right == {0.25: 2, 0.5: 3, 1.0: 3, 2.0: 4, 4.0: 3, 8.0: 3, math.inf: 3}
+    assert chosen == 2.0
+    assert cases[3].decision(2.0).decision == "promoted"
+    assert cases[1].decision(2.0).decision == "blocked_kl"
+    assert cases[2].decision(math.inf).decision == "blocked_ope"
+
+
+def test_choose_kl_bound_breaks_ties_towards_the_smallest_bound() -> None:
+    cases = [_case(1.2, 0.3, True), _case(0.8, 0.1, False)]  # every bound >= 0.5 gets both right
+    chosen, right = bl.choose_kl_bound(
+        cases, grid=(math.inf, 8.0, 0.5, 2.0, 0.25)
+    )  # grid order is irrelevant
+    assert right == {math.inf: 2, 8.0: 2, 0.5: 2, 2.0: 2, 0.25: 1}
+    assert chosen == 0.5
+    # no bound wins only when it is strictly better: a far, better candidate
+    chosen, _ = bl.choose_kl_bound([*cases, _case(1.4, 20.0, True)])
+    assert chosen == math.inf
+    with pytest.raises(ValueError):
+        bl.choose_kl_bound([])
