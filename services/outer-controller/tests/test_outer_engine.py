@@ -171,7 +171,12 @@ def make(log: Log, rds: redis.Redis, skew: str | None = None, **kw: Any) -> Dura
 def stream(log: Log, seed: int = 7, users: int = 40) -> None:
     for topic, user, value in stream_items(seed, users, GAP_S * 1000):
         log.append(topic, user, value)
-    for p in range(log.n):  # flush: a far-future action on every partition
+    flush_ticks(log)
+
+
+def flush_ticks(log: Log) -> None:
+    """A far-future action on every partition: every open session becomes due."""
+    for p in range(log.n):
         user = next(f"tick{i}" for i in range(1000) if hash(f"tick{i}") % log.n == p)
         log.append(R, user, tick_event(p, GAP_S * 1000))
 
@@ -293,9 +298,7 @@ def test_a_segment_the_weights_store_cannot_key_does_not_stop_the_controller(rds
         for i in range(2):
             ev = make_reward_event(f"{user}-{i}", user, T0 + u * 1000 + i * 10, segment="vip users")
             log.append(R, user, encode_json(ev))
-    for p in range(log.n):
-        user = next(f"tick{i}" for i in range(1000) if hash(f"tick{i}") % log.n == p)
-        log.append(R, user, tick_event(p, GAP_S * 1000))
+    flush_ticks(log)
     ctl = make(log, rds, outer_consumer_group="odd-segment")
     ctl.subscribe()
     run_to_end(ctl, steps=50)
@@ -316,9 +319,7 @@ def test_a_session_whose_record_cannot_be_built_goes_to_the_late_topic(rds: redi
     for i in range(2):
         kpi = make_kpi_event(f"buy-{i}", "rich", "purchase", T0 + 5 + i, revenue=1e308)
         log.append(K, "rich", encode_json(kpi))
-    for p in range(log.n):
-        user = next(f"tick{i}" for i in range(1000) if hash(f"tick{i}") % log.n == p)
-        log.append(R, user, tick_event(p, GAP_S * 1000))
+    flush_ticks(log)
     ctl = make(log, rds, outer_consumer_group="overflow")
     ctl.subscribe()
     run_to_end(ctl, steps=50)
