@@ -79,10 +79,9 @@ def business_parts(
     pr = {**DEFAULT_PRIORITIES, **(priorities or {})}
     slates: dict[str, list[tuple[int, float]]] = {}
     eng = 0.0
-    log1p = math.log1p
     for slate, pos, clicked, dwell, skipped in steps:
-        # step_gain and step_engagement of the step, from one log1p (the same arithmetic)
-        g = (1.0 if clicked else 0.0) + log1p(max(0.0, dwell)) / DWELL_NORM
+        # step_gain and step_engagement of the step from one gain (the same arithmetic, one log1p)
+        g = step_gain(clicked, dwell, False)
         gains = slates.get(slate)
         if gains is None:
             gains = slates[slate] = []
@@ -91,7 +90,7 @@ def business_parts(
             eng += g - 0.5
         else:
             gains.append((pos, g))
-            eng += g - 0.0
+            eng += g
     parts = {
         "revenue": math.log1p(max(0.0, float(revenue))),
         "ndcg10": sum([ndcg_at_k(v) for v in slates.values()]) / len(slates) if slates else 0.0,

@@ -420,9 +420,7 @@ class DurableController:
             if w.unattributed_kpis > before_unattributed:
                 self.metrics.kpi_unattributed.inc(w.unattributed_kpis - before_unattributed)
             for late in w.drain_late():
-                rid = f"l:{late.kind}:{late.event_id}"
-                self._outbox_add(shard, rid, self.s.outer_late_topic, late.user_id, late.to_json_bytes())
-                self.metrics.late_records.labels(reason=late.reason).inc()
+                self._emit_late(shard, late, f"l:{late.kind}:{late.event_id}")
         self.metrics.open_sessions.set(sum(s.window.open_count for s in self.shards.values()))
 
     def _emit(
@@ -450,14 +448,7 @@ class DurableController:
                 # exclude_unset: the amendment then serialises byte-for-byte like revision 0
                 w.set_tuner(closed.user_id, key_ms, tuner.model_dump(mode="json", exclude_unset=True))
                 fresh_tuners[skey] = tuner
-            actions = closed.actions
-            self.tradeoff.add_point(
-                max(a.weights_version for a in actions) if actions else 0,
-                getattr(first, "explore_action", None),
-                float(sum(1 for a in actions if a.clicked)),
-                float(sum(a.dwell_seconds for a in actions)),
-                v.parts["value"],
-            )
+            self.tradeoff.add_steps(closed.actions, first, v.parts["value"])
         elif closed.tuner is not None:
             tuner = SessionTuner.model_validate(closed.tuner)
         elif skey in fresh_tuners:
@@ -498,14 +489,12 @@ class DurableController:
                 "error": str(exc)[:2000],
             },
         )
-        self._outbox_add(
-            shard,
-            f"l:session:{skey}:{closed.revision}",
-            self.s.outer_late_topic,
-            closed.user_id,
-            late.to_json_bytes(),
-        )
-        self.metrics.late_records.labels(reason="invalid_session").inc()
+        self._emit_late(shard, late, f"l:session:{skey}:{closed.revision}")
+
+    def _emit_late(self, shard: Shard, late: LateEvent, rid: str) -> None:
+        """A late-topic record into the outbox (``rid``: its outbox id, stable across replays), counted."""
+        self._outbox_add(shard, rid, self.s.outer_late_topic, late.user_id, late.to_json_bytes())
+        self.metrics.late_records.labels(reason=late.reason).inc()
 
     def _outbox_add(self, shard: Shard, rid: str, topic: str, key: str, value: bytes) -> None:
         shard.outbox[rid] = (topic, key.encode(), value)

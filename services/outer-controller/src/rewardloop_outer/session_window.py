@@ -96,12 +96,16 @@ class OpenSession:
     tuner: dict[str, Any] | None = None  # revision 0's tuner behaviour (amendments carry it too)
     sid: int = 1  # the session's number within its user's durable state
 
-    def add(self, ev: Action) -> None:
+    def add(self, ev: Action) -> bool:
+        """Add ``ev``; ``True`` when it moved ``last_ms`` (the session's due time)."""
         self.actions[ev.event_id] = ev
-        if ev.event_time_ms < self.start_ms:
-            self.start_ms = ev.event_time_ms
-        if ev.event_time_ms > self.last_ms:
-            self.last_ms = ev.event_time_ms
+        t = ev.event_time_ms
+        if t < self.start_ms:
+            self.start_ms = t
+        if t > self.last_ms:
+            self.last_ms = t
+            return True
+        return False
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -380,11 +384,7 @@ class SessionWindow:
             self.max_event_ms = t
         clock = self.max_event_ms if self.max_event_ms >= now_ms else int(now_ms)
         due, gap = self._open_due, self.gap_ms
-        if (
-            (due.run and clock - due.run[0][0] > gap)
-            or (due.heap and clock - due.heap[0][0] > gap)
-            or (self._pending_heap and clock > self._pending_heap[0][0])
-        ):
+        if due.due(clock, gap) or (self._pending_heap and clock > self._pending_heap[0][0]):
             self._advance(clock)
             s = self._open.get(user)  # _advance may have closed it
         if s is not None and t > s.last_ms + gap:
@@ -392,12 +392,7 @@ class SessionWindow:
             self._close_into(s, clock)
             s = None
         if s is not None and t >= s.start_ms - gap:
-            # OpenSession.add, inlined; a new last_ms gets a queue entry
-            s.actions[eid] = ev
-            if t < s.start_ms:
-                s.start_ms = t
-            if t > s.last_ms:
-                s.last_ms = t
+            if s.add(ev):  # a new last_ms gets a queue entry
                 due.push(t, user)
             self._append(user, s.sid, b"a", ev.raw)
             return AddResult.ADDED

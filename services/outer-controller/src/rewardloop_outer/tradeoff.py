@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rewardloop_common.events import SessionRecord
@@ -58,12 +58,18 @@ class TradeoffTracker:
 
     def add(self, rec: SessionRecord, first: Any = None) -> None:
         """One closed session (``first``: its first step's event, for the exploration action)."""
+        value = rec.business.value if rec.business is not None else rec.business_reward
+        self.add_steps(rec.steps, first, value)
+
+    def add_steps(self, steps: Sequence[Any], first: Any, value: float) -> None:
+        """One closed session from its steps -- anything with ``weights_version``, ``clicked`` and
+        ``dwell_seconds``: a record's steps or the engine's actions (it builds no record model)."""
         self.add_point(
-            max(rec.weights_versions) if rec.weights_versions else 0,
+            max((s.weights_version for s in steps), default=0),
             getattr(first, "explore_action", None),
-            float(sum(1 for s in rec.steps if s.clicked)),
-            float(sum(s.dwell_seconds for s in rec.steps)),
-            rec.business.value if rec.business is not None else rec.business_reward,
+            float(sum(1 for s in steps if s.clicked)),
+            float(sum(s.dwell_seconds for s in steps)),
+            value,
         )
 
     def add_point(self, version: int, action: int | None, clicks: float, dwell: float, value: float) -> None:
