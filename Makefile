@@ -6,6 +6,7 @@ SHELL := /bin/bash
 
 VENV       := .venv/bin
 CRATE      := services/inner-reward-rs/Cargo.toml
+NATIVE     := services/outer-controller/native/Cargo.toml
 DURATION   ?= 60
 E2E_RUN_DIR := $(CURDIR)/.run/e2e
 COMPOSE    ?= $(shell command -v docker-compose >/dev/null 2>&1 && echo docker-compose || echo docker compose)
@@ -62,9 +63,11 @@ test-e2e: ## end-to-end tests against a real native stack of their own (.run/e2e
 	RUN_DIR=$(E2E_RUN_DIR) deploy/local/stop.sh >/dev/null 2>&1 || true; \
 	exit $$rc
 
-check: ## lint: cargo fmt --check, clippy -D warnings, ruff check + format --check
+check: ## lint: cargo fmt --check, clippy -D warnings (scorer + the outer controller's native core), ruff check + format --check
 	cargo fmt --manifest-path $(CRATE) --check
 	cargo clippy --release --manifest-path $(CRATE) --all-targets -- -D warnings
+	cargo fmt --manifest-path $(NATIVE) --check
+	cargo clippy --release --manifest-path $(NATIVE) -- -D warnings
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 

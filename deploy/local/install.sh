@@ -3,7 +3,8 @@
 #
 #   1. apt packages (only when one is missing): redis-server redis-tools kcat protobuf-compiler
 #      docker-compose prometheus curl (+ java/maven/python3.11 when those are absent)
-#   2. uv (pip) and the Python workspace: uv sync [--frozen] into .venv (Python 3.11, no downloads)
+#   2. uv (pip) and the Python workspace: uv sync [--frozen] into .venv (Python 3.11, no downloads;
+#      it builds the outer controller's Rust extension through maturin, so cargo is needed here too)
 #   3. Python gRPC stubs from proto/ (libs/common/scripts/gen_proto.py)
 #   4. Kafka 4.1.1 jars from Maven Central (deploy/local/kafka/pom.xml) into $KAFKA_LIBS_DIR
 #   5. the Rust scorer: cargo build --release
@@ -84,6 +85,8 @@ fi
 if ! skipped python; then
   step python
   ((${#UV[@]})) || die "uv not available"
+  # the outer controller's native core (services/outer-controller/native) is built by uv through maturin
+  command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs); the Python workspace builds a Rust extension"
   sync=("${UV[@]}" sync --quiet --python "$PYTHON")
   [[ -f uv.lock ]] && sync+=(--frozen)
   if "${sync[@]}"; then

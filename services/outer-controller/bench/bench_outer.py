@@ -7,8 +7,11 @@ ports), then, with one in-process :class:`DurableController` (event clock, Redis
 1. **throughput**: N reward events (``--users`` users, sessions of ~8 steps) are produced first; the
    controller consumes them from offset 0; events/s = N / (time until every record is in a landed
    checkpoint);
-2. **lag**: events are produced live at ``--rate``/s for ``--seconds``; per record, lag = checkpoint
-   landed (wall clock) - the record's Kafka timestamp; P50/P99 reported.
+2. **lag**: events are produced live at ``--rate``/s for ``--seconds`` by a separate producer process;
+   per record, lag = checkpoint landed (wall clock) - the record's Kafka timestamp; P50/P99 reported.
+
+``--impl native`` (default) runs the Rust per-event core (``OUTER_NATIVE=true``), ``--impl python`` the
+Python reference implementation: run both, alternated, to compare them on the same machine state.
 
 Prints one JSON object. Stops what it started.
 """
@@ -17,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis
 from confluent_kafka import Consumer, Producer
@@ -69,7 +73,7 @@ def events(n: int, users: int, seed: int = 1) -> list[tuple[str, bytes]]:
     return out
 
 
-def controller(bootstrap: str, redis_url: str, topic: str, kpi: str) -> DurableController:
+def controller(bootstrap: str, redis_url: str, topic: str, kpi: str, native: bool) -> DurableController:
     group = f"bench-{uuid.uuid4().hex[:6]}"
     s = OuterSettings(
         kafka_bootstrap_servers=bootstrap,
@@ -82,6 +86,7 @@ def controller(bootstrap: str, redis_url: str, topic: str, kpi: str) -> DurableC
         outer_clock="event",
         outer_session_gap_seconds=60,
         outer_checkpoint_interval_ms=50,
+        outer_native=native,
     )
     consumer = Consumer(
         {
@@ -125,6 +130,14 @@ def produce(bootstrap: str, topic: str, evs: list[tuple[str, bytes]], rate: floa
     p.flush(60)
 
 
+def live_producer(bootstrap: str, topic: str, n: int, users: int, rate: float, ready: Any, go: Any) -> None:
+    """The lag phase's producer (its own process): generate, say ready, wait for go, produce paced."""
+    evs = events(n, users, seed=2)
+    ready.set()
+    go.wait(600)
+    produce(bootstrap, topic, evs, rate)
+
+
 def consumed(ctl: DurableController) -> int:
     return sum(sum(s.offsets.values()) for s in ctl.shards.values())
 
@@ -135,8 +148,15 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--rate", type=float, default=5_000)
     ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument(
+        "--impl",
+        choices=["native", "python"],
+        default="native",
+        help="the per-event path: the Rust core (OUTER_NATIVE=true, the default) or the Python reference",
+    )
     ap.add_argument("--keep-stack", action="store_true")
     a = ap.parse_args()
+    native = a.impl == "native"
     env = {**os.environ, **ENV}
     subprocess.run(["bash", str(REPO / "deploy/local/stop.sh")], env=env, check=False, capture_output=True)
     started = subprocess.run(
@@ -153,7 +173,7 @@ def main() -> int:
         evs = events(a.events, a.users)
         produce(bootstrap, t_topic, evs)
         # 1. throughput from a backlog
-        ctl = controller(bootstrap, redis_url, t_topic, kpi)
+        ctl = controller(bootstrap, redis_url, t_topic, kpi, native)
         ctl.subscribe()
         deadline = time.monotonic() + 300
         while not ctl.shards and time.monotonic() < deadline:
@@ -164,18 +184,27 @@ def main() -> int:
         ctl.checkpoint_and_produce()
         elapsed = time.perf_counter() - t0
         ctl.shutdown()
-        # 2. lag at a steady rate
-        ctl = controller(bootstrap, redis_url, l_topic, kpi)
+        # 2. lag at a steady rate, produced by another PROCESS (a thread would share the controller's
+        # GIL; spawned, not forked: the controller's librdkafka threads must not be forked)
+        n_live = int(a.rate * a.seconds)
+        mp = multiprocessing.get_context("spawn")
+        ready, go = mp.Event(), mp.Event()
+        prod = mp.Process(
+            target=live_producer, args=(bootstrap, l_topic, n_live, a.users, a.rate, ready, go), daemon=True
+        )
+        prod.start()
+        ready.wait(600)
+        deadline = time.monotonic() + 120
+        ctl = controller(bootstrap, redis_url, l_topic, kpi, native)
         ctl.record_lag = True
         ctl.subscribe()
         while not ctl.shards and time.monotonic() < deadline:
             ctl.run_once()
-        n_live = int(a.rate * a.seconds)
-        live = events(n_live, a.users, seed=2)
-        th = threading.Thread(target=produce, args=(bootstrap, l_topic, live, a.rate), daemon=True)
-        th.start()
-        while (th.is_alive() or consumed(ctl) < n_live) and time.monotonic() < deadline:
+        go.set()
+        deadline = time.monotonic() + a.seconds + 120
+        while (prod.is_alive() or consumed(ctl) < n_live) and time.monotonic() < deadline:
             ctl.run_once()
+        prod.join(10)
         ctl.checkpoint()
         ctl.shutdown()
         lag = sorted(ctl.lag_samples)
@@ -183,6 +212,7 @@ def main() -> int:
         print(
             json.dumps(
                 {
+                    "impl": a.impl,
                     "throughput": {
                         "events": a.events,
                         "users": a.users,

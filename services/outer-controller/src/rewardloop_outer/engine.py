@@ -43,11 +43,13 @@ from redis.exceptions import RedisError
 from rewardloop_common.events import SessionRecord, SessionTuner
 from rewardloop_common.kpi_priorities import KPI_PRIORITIES_KEY
 from rewardloop_common.logging import get_logger
+from rewardloop_outer_native import session_record
 
-from .business_reward import DEFAULT_PRIORITIES, KappaSchedule
+from .business_reward import DEFAULT_PRIORITIES, KappaSchedule, ema_update
 from .credit import CreditAssigner
 from .fastevents import parse_action, parse_kpi
 from .metrics import OuterMetrics
+from .native_window import NativeClosed, NativeSessionWindow
 from .records import RewardContext, compute_record, record_json
 from .session_window import AddResult, ClosedSession, LateEvent, SessionWindow
 from .settings import OuterSettings
@@ -67,7 +69,7 @@ def wall_ms() -> int:
 @dataclass
 class Shard:
     partition: int
-    window: SessionWindow
+    window: SessionWindow | NativeSessionWindow
     epoch: int
     offsets: dict[str, int] = field(default_factory=dict)  # topic -> next offset the state reflects
     baselines: dict[str, float] = field(default_factory=dict)
@@ -78,6 +80,11 @@ class Shard:
     ingest_ts: list[int] = field(default_factory=list)  # Kafka timestamps since the last checkpoint
     log_bytes: int = 0  # size of the state's delta log since its last snapshot
     snap_dirty: set[str] = field(default_factory=set)  # users changed since the last snapshot
+
+    @property
+    def core(self) -> Any:
+        """The native window (``rewardloop_outer_native.NativeWindow``) or ``None`` (Python window)."""
+        return getattr(self.window, "core", None)
 
     def meta(self) -> dict[str, Any]:
         w = self.window
@@ -99,6 +106,25 @@ class Shard:
 #: this many (reading each record's timestamp costs measurable time at 10^4 events/s); the benchmark
 #: (record_lag) measures every record.
 LAG_SAMPLE_EVERY = 64
+
+#: the native window's result codes (``NativeWindow.add_action_raw``) as :class:`AddResult`
+_RESULTS = (
+    AddResult.ADDED,
+    AddResult.DUPLICATE,
+    AddResult.UNATTRIBUTED,
+    AddResult.AMENDED,
+    AddResult.PENDING,
+    AddResult.LATE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Explore:
+    """A session's first step as the tuner and the trade-off point read it (the exploration fields)."""
+
+    explore_action: int | None
+    explore_probability: float | None
+    exploration_version: int | None
 
 
 def _ts(m: Any) -> int:
@@ -186,8 +212,9 @@ class DurableController:
     def clock_now(self) -> int:
         return 0 if self.s.outer_clock == "event" else self.wall()
 
-    def new_window(self) -> SessionWindow:
-        return SessionWindow(
+    def new_window(self) -> SessionWindow | NativeSessionWindow:
+        cls = NativeSessionWindow if self.s.outer_native else SessionWindow
+        return cls(
             self.s.gap_ms,
             allowed_lateness_ms=self.s.lateness_ms,
             attribution_window_ms=self.s.attribution_ms,
@@ -372,7 +399,17 @@ class DurableController:
             if value is None:
                 raise ValueError("empty record value")
             if topic == self.reward_topic:
-                result = w.add_action(parse_action(value), now_ms)
+                core = shard.core
+                if core is None:
+                    result = w.add_action(parse_action(value), now_ms)
+                else:
+                    # the common shape is parsed natively (-1: anything else; the Python path validates)
+                    code = core.add_action_raw(value, now_ms)
+                    if code < 0:
+                        code = core.add_action(parse_action(value), now_ms)
+                    if code == 0:
+                        return True
+                    result = _RESULTS[code]
             elif topic == self.kpi_topic:
                 result = w.add_kpi(parse_kpi(value), now_ms)
             else:
@@ -410,7 +447,11 @@ class DurableController:
                 if closed.revision > 0 and closed.baseline is None:
                     skey = closed.session_key
                     if skey in fresh_baselines:
-                        closed = dataclasses.replace(closed, baseline=fresh_baselines[skey])
+                        b = fresh_baselines[skey]
+                        if isinstance(closed, NativeClosed):
+                            closed = closed.with_baseline(b)
+                        else:
+                            closed = dataclasses.replace(closed, baseline=b)
                 try:
                     self._emit(shard, closed, fresh_tuners, fresh_baselines)
                 except (ValidationError, ValueError, OverflowError) as exc:
@@ -426,47 +467,104 @@ class DurableController:
     def _emit(
         self,
         shard: Shard,
-        closed: ClosedSession,
+        closed: ClosedSession | NativeClosed,
         fresh_tuners: dict[str, SessionTuner],
         fresh_baselines: dict[str, float],
     ) -> None:
         """One closed session (or amendment) -> its record in the outbox, metrics, tuner, trade-off.
 
-        The record's bytes come from :func:`record_json` (no pydantic model per session); the
+        The record's bytes come from the native core (:func:`session_record`) or, for the Python
+        window and every unusual session, from :func:`record_json` -- the same bytes; the
         :class:`SessionRecord` is built only for its consumers (the tuner, ``on_record``)."""
         w = shard.window
-        v = compute_record(closed, self.ctx, shard.baselines)
-        first = closed.actions[0] if closed.actions else None
+        m = self.metrics
+        ctx = self.ctx
         skey = closed.session_key
-        tuner: SessionTuner | None = None
+        first = self._first_step(closed)
+        tuner = self._session_tuner(closed, first, fresh_tuners)
+        seg = closed.segment
+        # the baseline the advantage is taken against: revision 0's for an amendment, else the EMA
+        base = closed.baseline
+        if closed.revision == 0 or base is None:
+            base = shard.baselines.get(seg)
+        out = None
+        if isinstance(closed, NativeClosed):
+            out = self._native_record(closed, base, tuner)
+        if out is None:
+            py = closed.to_closed_session() if isinstance(closed, NativeClosed) else closed
+            v = compute_record(py, ctx, shard.baselines)  # moves the segment's EMA for revision 0
+            value = record_json(v, tuner)
+            baseline, business_value = v.baseline, v.parts["value"]
+            if closed.revision == 0:
+                m.business_reward.observe(v.business_reward)
+                m.observe_credit(v.credit_model, v.credits)
+                self.tradeoff.add_steps(py.actions, first, business_value)
+        else:
+            value, blended, baseline, business_value, business_reward, clicks, dwell, max_wv = out
+            if closed.revision == 0:
+                shard.baselines[seg] = ema_update(base, blended, ctx.baseline_alpha)
+                m.business_reward.observe(business_reward)
+                m.observe_credit(ctx.credit.name, ())  # the step credits went to the native histogram
+                self.tradeoff.add_point(
+                    max_wv, first.explore_action if first else None, clicks, dwell, business_value
+                )
         if closed.revision == 0:
             key_ms = closed.key_ms or closed.start_ms
-            w.set_baseline(closed.user_id, key_ms, v.baseline)
-            fresh_baselines[skey] = v.baseline
-            if self.tuner is not None:
-                tuner = self.tuner.behaviour_for(closed.segment, first)
+            w.set_baseline(closed.user_id, key_ms, baseline)
+            fresh_baselines[skey] = baseline
+            if tuner is not None:
                 # exclude_unset: the amendment then serialises byte-for-byte like revision 0
                 w.set_tuner(closed.user_id, key_ms, tuner.model_dump(mode="json", exclude_unset=True))
                 fresh_tuners[skey] = tuner
-            self.tradeoff.add_steps(closed.actions, first, v.parts["value"])
-        elif closed.tuner is not None:
-            tuner = SessionTuner.model_validate(closed.tuner)
-        elif skey in fresh_tuners:
-            tuner = fresh_tuners[skey].model_copy()
-        value = record_json(v, tuner)
         rid = f"s:{skey}:{closed.revision}"
         self._outbox_add(shard, rid, self.s.kafka_topic_sessions, closed.user_id, value)
-        m = self.metrics
         if closed.revision == 0:
             m.sessions_closed.inc()
-            m.business_reward.observe(v.business_reward)
-            m.observe_credit(v.credit_model, v.credits)
             if self.tuner is not None:
                 self._tuner_queue.append(value)
         else:
             m.amendments.inc()
         if self.on_record is not None:
             self.on_record(SessionRecord.model_validate_json(value))
+
+    @staticmethod
+    def _first_step(closed: ClosedSession | NativeClosed) -> Any:
+        """The first step's exploration fields (what the tuner and the trade-off point read)."""
+        if isinstance(closed, NativeClosed):
+            f = closed.native.first_explore()
+            return None if f is None else _Explore(*f)
+        return closed.actions[0] if closed.actions else None
+
+    def _session_tuner(
+        self, closed: ClosedSession | NativeClosed, first: Any, fresh_tuners: dict[str, SessionTuner]
+    ) -> SessionTuner | None:
+        """The record's ``tuner`` field: the behaviour for revision 0, revision 0's for an amendment."""
+        if closed.revision == 0:
+            return None if self.tuner is None else self.tuner.behaviour_for(closed.segment, first)
+        if closed.tuner is not None:
+            return SessionTuner.model_validate(closed.tuner)
+        if closed.session_key in fresh_tuners:
+            return fresh_tuners[closed.session_key].model_copy()
+        return None
+
+    def _native_record(self, closed: NativeClosed, base: float | None, tuner: SessionTuner | None) -> Any:
+        """The native record (``None``: an unusual session -- the Python path decides, or raises)."""
+        ctx = self.ctx
+        c = closed.native
+        credit = ctx.credit
+        shares = None if credit.model is None else credit.shares(closed.actions)
+        return session_record(
+            c,
+            ctx.gamma,
+            ctx.kappa.at(c.end_ms, ctx.kappa_override),
+            list(ctx.priorities.items()),
+            base,
+            shares,
+            credit.name,
+            None if tuner is None else orjson.dumps(tuner.model_dump(mode="json", exclude_unset=True)),
+            # step credits are observed for revision 0 only (an amendment repeats the session's steps)
+            self.metrics.step_credit_native if c.revision == 0 else None,
+        )
 
     def _invalid_session(self, shard: Shard, closed: ClosedSession, exc: Exception) -> None:
         """A session whose record cannot be built goes to the late topic (``kind`` session, ``reason``

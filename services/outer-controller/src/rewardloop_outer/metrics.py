@@ -15,6 +15,7 @@ from prometheus_client import (
 )
 
 from . import __version__
+from .native_record import NativeHistogram
 
 
 class OuterMetrics:
@@ -64,12 +65,15 @@ class OuterMetrics:
             registry=r,
         )
         self._credited: dict[str, tuple[Any, int]] = {}  # observe_credit: model name -> (child, version)
-        self.step_credit = Histogram(
+        # a collector over a native histogram: the native core observes every step's credit itself
+        # (one Python observe() per step was a visible cost at 10^5 steps/s)
+        self.step_credit = NativeHistogram(
             "rewardloop_outer_step_credit",
             "Per-step credit (share x session advantage) written into recsys.sessions.",
             buckets=(-2, -1, -0.5, -0.2, -0.05, 0, 0.05, 0.2, 0.5, 1, 2),
             registry=r,
         )
+        self.step_credit_native = self.step_credit.native
         self.weight_updates = Counter(
             "rewardloop_outer_weight_updates_total", "Weights documents pushed by the outer rule.", registry=r
         )

@@ -43,6 +43,9 @@ class OuterSettings(CommonSettings):
     outer_gc_freeze_interval_s: float = Field(default=0.25, ge=0.0, allow_inf_nan=False)
     #: a full collection (unfreeze + collect) this often, for cycles that died after being frozen
     outer_gc_full_interval_s: float = Field(default=900.0, gt=0.0, allow_inf_nan=False)
+    #: the per-event path (parse, session window, state lines, records) in the Rust extension
+    #: rewardloop_outer_native; false = the Python reference implementation (same bytes, ~4x slower)
+    outer_native: bool = True
 
     # --- reward blend and credit ---
     outer_kappa_initial: float = Field(default=0.2, ge=0.0, le=1.0)
