@@ -52,9 +52,10 @@ test: install install-trainer ## install (serving side + trainer env), then unit
 	if [[ $$rc -eq 0 ]]; then echo "make test: all passed"; else echo "make test: FAILED (exit $$rc)"; fi; \
 	exit $$rc
 
-test-unit: ## unit tests: cargo test (release) and pytest for libs, services, tests/compose
+test-unit: ## unit tests: cargo test (release; scorer + the outer native core) and pytest for libs, services, tests/compose
 	@rc=0; \
 	REWARDLOOP_REQUIRE_KAFKA=1 cargo test --release --manifest-path $(CRATE) || rc=$$?; \
+	cargo test --release --lib --manifest-path $(NATIVE) || { r=$$?; [[ $$rc -ne 0 ]] || rc=$$r; }; \
 	$(VENV)/pytest libs services tests/compose || { r=$$?; [[ $$rc -ne 0 ]] || rc=$$r; }; \
 	exit $$rc
 

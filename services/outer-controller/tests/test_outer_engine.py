@@ -18,7 +18,7 @@ from rewardloop_common.weights_store import WeightsStore
 from rewardloop_outer.engine import DurableController, make_tuner
 from rewardloop_outer.metrics import OuterMetrics
 from rewardloop_outer.settings import OuterSettings
-from rewardloop_outer.state_store import RedisStateStore
+from rewardloop_outer.state_store import LZ4_MAGIC, RedisStateStore, unpack
 
 R, K, S, L = "recsys.reward.raw", "recsys.kpi.raw", "recsys.sessions", "recsys.sessions.late"
 T0 = 1_763_888_400_000
@@ -229,7 +229,9 @@ def test_state_is_checkpointed_with_offsets_and_outbox(rds: redis.Redis) -> None
     assert meta["offsets"] == {R: 2}
     # the state is a delta log (one blob per checkpoint) until a compaction moves it into the hash
     assert rds.llen("rewardloop:outer:g1:p0:log") == 1 and not rds.exists("rewardloop:outer:g1:p0:users")
-    assert b'"e2"' in rds.lindex("rewardloop:outer:g1:p0:log", 0)  # type: ignore[operator]
+    # stored as an LZ4 frame (OUTER_STATE_COMPRESSION=lz4) around the JSON lines
+    blob = rds.lindex("rewardloop:outer:g1:p0:log", 0)
+    assert blob[:4] == LZ4_MAGIC and b'"e2"' in unpack(blob)  # type: ignore[index, arg-type]
     assert [json.loads(v)["session_key"] for t, _, v in log.out if t == S] == [f"u1:{T0}"]
     ctl.checkpoint()
     assert rds.hlen("rewardloop:outer:g1:p0:outbox") == 0

@@ -22,7 +22,7 @@ from rewardloop_common.kafka import encode_json
 from rewardloop_common.testing import make_reward_event
 from rewardloop_outer.business_reward import DEFAULT_PRIORITIES, KappaSchedule
 from rewardloop_outer.credit import CreditAssigner
-from rewardloop_outer.engine import DurableController, _outbox_value
+from rewardloop_outer.engine import DurableController, _outbox_batch, _read_outbox_batch
 from rewardloop_outer.fastevents import Action, _fast_action, action_from_model, parse_action
 from rewardloop_outer.metrics import OuterMetrics
 from rewardloop_outer.records import RewardContext, compute_record, record_json, record_model
@@ -156,11 +156,20 @@ def test_the_fast_parse_agrees_with_the_model() -> None:
     assert fast > 1000  # the usual shapes do take the fast path
 
 
-def test_the_outbox_encoding_is_json_dumps() -> None:
-    for v in [b'{"a":"plain"}', '{"a":"ïtem 😀"}'.encode(), b'{"a":"del \x7f"}', b'{"a":"\\n\\u0001"}']:
-        for key in [b"u1", "ü".encode()]:
-            want = json.dumps({"t": "topic", "k": key.decode(), "v": v.decode()}, separators=(",", ":"))
-            assert _outbox_value("topic", key, v) == want.encode()
+def test_an_outbox_batch_reads_back_what_was_written() -> None:
+    entries = [
+        (f"s:u{i}:{i}:0", ("recsys.sessions", key, v))
+        for i, (key, v) in enumerate(
+            [
+                (b"u1", b'{"a":"plain"}'),
+                ("ü".encode(), '{"a":"ïtem 😀"}'.encode()),
+                (b"u\n2", b'{"a":"del \x7f"}\n{"b":1}'),  # newlines in keys and values
+                (b"u3", b""),
+            ]
+        )
+    ]
+    assert _read_outbox_batch(_outbox_batch(entries)) == entries
+    assert _read_outbox_batch(_outbox_batch([])) == []
 
 
 class _NoKafka:

@@ -25,7 +25,7 @@ from rewardloop_outer.engine import DurableController, make_tuner
 from rewardloop_outer.metrics import OuterMetrics
 from rewardloop_outer.native_window import NativeSessionWindow
 from rewardloop_outer.session_window import SessionWindow
-from rewardloop_outer.state_store import RedisStateStore
+from rewardloop_outer.state_store import RedisStateStore, unpack
 
 T0 = 1_763_888_400_000
 
@@ -41,7 +41,13 @@ _WEIGHTS_DB = {"py": 1, "nat": 2}
 
 
 def make(
-    log: Log, rds: redis.Redis, native: bool, group: str, tuner: bool = True, **kw: Any
+    log: Log,
+    rds: redis.Redis,
+    native: bool,
+    group: str,
+    tuner: bool = True,
+    compression: str = "lz4",
+    **kw: Any,
 ) -> DurableController:
     s = settings(outer_consumer_group=group, outer_native=native, **kw)
     m = OuterMetrics(registry=CollectorRegistry())
@@ -54,7 +60,7 @@ def make(
         s,
         FakeConsumer(log),
         FakeProducer(log),
-        RedisStateStore(rds, group),
+        RedisStateStore(rds, group, compression),
         weights,
         m,
         now_ms=lambda: 0,
@@ -110,10 +116,10 @@ def state(rds: redis.Redis, group: str) -> dict[str, Any]:
         name = key.decode().split(":", 3)[3]
         typ = rds.type(key)
         if typ == b"hash":
-            out[name] = rds.hgetall(key)
+            out[name] = {k: unpack(v) for k, v in rds.hgetall(key).items()}
         elif typ == b"list":
             blobs = []
-            for blob in rds.lrange(key, 0, -1):
+            for blob in map(unpack, rds.lrange(key, 0, -1)):
                 per_user: dict[str, list[bytes]] = defaultdict(list)
                 for line in blob.split(b"\n"):
                     per_user[json.loads(line)[1]].append(line)
@@ -200,7 +206,7 @@ def test_a_crash_hands_the_state_from_one_implementation_to_the_other(
     rds: redis.Redis, first_native: bool
 ) -> None:
     """Same state format: a controller of one kind is killed mid-stream, one of the other kind resumes
-    from Redis; the records equal an uninterrupted run's."""
+    from Redis (and the state compression is switched too); the records equal an uninterrupted run's."""
     ref_log = Log()
     fill(ref_log, seed=9, users=40, odd=True)
     ref = make(ref_log, rds, True, "ref", tuner=False)
@@ -208,8 +214,8 @@ def test_a_crash_hands_the_state_from_one_implementation_to_the_other(
     log = Log()
     log.data = ref_log.data
     native = first_native
-    for crash_after in (4, 13, 21):
-        ctl = make(log, rds, native, "crashy", tuner=False)
+    for i, crash_after in enumerate((4, 13, 21)):
+        ctl = make(log, rds, native, "crashy", tuner=False, compression=("none", "lz4")[i % 2])
         ctl.subscribe()
         for _ in range(crash_after):
             ctl.run_once()
@@ -228,3 +234,17 @@ def test_a_crash_hands_the_state_from_one_implementation_to_the_other(
 
     # at-least-once output: the same final revision of every record, byte for byte
     assert latest(log.out) == latest(ref_log.out)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_outbox_records_of_an_older_controller_are_produced_and_removed(
+    rds: redis.Redis, native: bool
+) -> None:
+    """Before the batches, the outbox held one JSON field per record: such a state still loads."""
+    log = Log(partitions=1)
+    legacy = json.dumps({"t": "recsys.sessions", "k": "u9", "v": '{"session_key":"u9:1","revision":0}'})
+    rds.hset("rewardloop:outer:nat:p0:outbox", "s:u9:1:0", legacy)
+    ctl = make(log, rds, native, "nat", tuner=False)
+    run(ctl, 3)
+    assert ("recsys.sessions", b"u9", b'{"session_key":"u9:1","revision":0}') in log.out
+    assert rds.hlen("rewardloop:outer:nat:p0:outbox") == 0

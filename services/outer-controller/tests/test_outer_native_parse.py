@@ -185,3 +185,17 @@ def test_json_writer_matches_orjson() -> None:
                 assert native.dumps_f64(-x) == orjson.dumps(-x), -x
     for s in ["", "plain", "é€😀", '"\\', "".join(chr(i) for i in range(0, 128)), "\u2028\u2029\x7f"]:
         assert native.dumps_str(s) == orjson.dumps(s), s
+
+
+def test_the_int_literal_minus_zero_is_left_to_python() -> None:
+    """CPython reads ``-0`` as the int 0 (a float field then holds 0.0); serde_json would read -0.0."""
+    raw = encode_json(make_reward_event("e1", "u1", 1_763_888_400_000, reward=0.25))
+    minus_zero_int = raw.replace(b'"reward":0.25', b'"reward":-0')
+    assert minus_zero_int != raw
+    assert native.parse_action_fields(minus_zero_int) is None
+    py = python_fields(minus_zero_int)
+    assert py is not None and str(py["reward"]) == "0.0"
+    minus_zero_float = raw.replace(b'"reward":0.25', b'"reward":-0.0')
+    nat = native.parse_action_fields(minus_zero_float)
+    py = python_fields(minus_zero_float)
+    assert nat is not None and py is not None and same(py, nat) and str(nat["reward"]) == "-0.0"

@@ -33,8 +33,8 @@ use serde_json::value::RawValue;
 use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 
 pub const ADDED: i64 = 0;
 pub const DUPLICATE: i64 = 1;
@@ -86,44 +86,64 @@ impl<T: Keyed> Borrow<str> for ById<T> {
     }
 }
 
-/// Below this many events a linear scan beats hashing; above it an index keeps de-dup O(1).
-const INDEX_AT: usize = 8;
+/// The hasher of the window's maps: foldhash, seeded at random (user and event ids come from clients).
+type Fold = foldhash::fast::RandomState;
+
+/// An event id's hash for [`EvSet`]'s scan (one seed per process).
+fn id_hash(id: &str) -> u64 {
+    static SEED: OnceLock<Fold> = OnceLock::new();
+    SEED.get_or_init(Fold::default).hash_one(id)
+}
+
+/// Up to this many events a scan of the ids' hashes (one contiguous array: no event is touched but on
+/// a hash match) beats a map; above it an index keeps de-dup O(1).
+const INDEX_AT: usize = 32;
 
 /// A Python `dict[event_id, event]` that is only ever assigned to: insertion order, and assigning an
 /// existing key replaces the value in place.
 struct EvSet<T> {
     items: Vec<Arc<T>>,
-    index: Option<HashMap<ById<T>, usize>>,
+    /// `id_hash` of each item's id, in step with `items`
+    hashes: Vec<u64>,
+    index: Option<HashMap<ById<T>, usize, Fold>>,
 }
 
 impl<T: Keyed> Default for EvSet<T> {
     fn default() -> Self {
         EvSet {
             items: Vec::new(),
+            hashes: Vec::new(),
             index: None,
         }
     }
 }
 
 impl<T: Keyed> EvSet<T> {
-    fn position(&self, id: &str) -> Option<usize> {
+    /// The position of `id` (`h`: its `id_hash`).
+    fn find(&self, id: &str, h: u64) -> Option<usize> {
         match &self.index {
             Some(ix) => ix.get(id).copied(),
-            None => self.items.iter().position(|x| x.key() == id),
+            None => self
+                .hashes
+                .iter()
+                .zip(&self.items)
+                .position(|(&x, v)| x == h && v.key() == id),
         }
     }
 
     fn contains(&self, id: &str) -> bool {
-        self.position(id).is_some()
+        let h = if self.index.is_none() { id_hash(id) } else { 0 };
+        self.find(id, h).is_some()
     }
 
     fn insert(&mut self, v: Arc<T>) {
-        if let Some(i) = self.position(v.key()) {
+        let h = id_hash(v.key());
+        if let Some(i) = self.find(v.key(), h) {
             if let Some(ix) = &mut self.index {
                 ix.remove(v.key());
                 ix.insert(ById(v.clone()), i);
             }
-            self.items[i] = v;
+            self.items[i] = v; // the same id: `hashes[i]` stays
             return;
         }
         let i = self.items.len();
@@ -131,8 +151,9 @@ impl<T: Keyed> EvSet<T> {
             ix.insert(ById(v.clone()), i);
         }
         self.items.push(v);
+        self.hashes.push(h);
         if self.index.is_none() && self.items.len() > INDEX_AT {
-            let mut ix = HashMap::with_capacity(self.items.len() * 2);
+            let mut ix = HashMap::with_capacity_and_hasher(self.items.len() * 2, Fold::default());
             for (j, x) in self.items.iter().enumerate() {
                 ix.insert(ById(x.clone()), j);
             }
@@ -608,7 +629,7 @@ impl Core {
     }
 }
 
-type Users = HashMap<Arc<str>, UserEntry>;
+type Users = HashMap<Arc<str>, UserEntry, Fold>;
 
 fn gc(users: &mut Users, user: &str) {
     if users.get(user).is_some_and(|e| e.removable()) {
@@ -808,6 +829,9 @@ fn obj_i64(v: &Bound<'_, PyAny>, name: &str) -> PyResult<i64> {
 pub struct NativeWindow {
     users: Users,
     c: Core,
+    /// `delta`'s output buffer, kept between checkpoints: a fresh multi-megabyte Vec per call cost more
+    /// in page faults and regrowth copies than writing the lines
+    scratch: Vec<u8>,
 }
 
 impl NativeWindow {
@@ -1112,7 +1136,8 @@ impl NativeWindow {
         }
         let lateness = allowed_lateness_ms.unwrap_or(0);
         Ok(NativeWindow {
-            users: HashMap::new(),
+            users: Users::default(),
+            scratch: Vec::new(),
             c: Core {
                 gap: gap_ms,
                 lateness: allowed_lateness_ms,
@@ -1312,8 +1337,9 @@ impl NativeWindow {
     /// The lines that bring a store from the last committed delta to now (dirty users, in the order they
     /// became dirty; or the given users).
     #[pyo3(signature = (users=None))]
-    fn delta<'py>(&self, py: Python<'py>, users: Option<Vec<String>>) -> Bound<'py, PyBytes> {
-        let mut out: Vec<u8> = Vec::new();
+    fn delta<'py>(&mut self, py: Python<'py>, users: Option<Vec<String>>) -> Bound<'py, PyBytes> {
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
         let one = |user: &str, out: &mut Vec<u8>| {
             if !out.is_empty() {
                 out.push(b'\n');
@@ -1348,7 +1374,9 @@ impl NativeWindow {
             Some(us) => us.iter().for_each(|u| one(u, &mut out)),
             None => self.c.dirty.iter().for_each(|u| one(u, &mut out)),
         }
-        PyBytes::new(py, &out)
+        let blob = PyBytes::new(py, &out);
+        self.scratch = out;
+        blob
     }
 
     /// The last `delta` is durable: start tracking changes afresh.

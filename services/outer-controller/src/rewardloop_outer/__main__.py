@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.outer_state_store == "memory":
         state = MemoryStateStore(reader=store.client.get)  # KPI priorities stay re-targetable
     else:
-        state = RedisStateStore(store.client, settings.outer_consumer_group)
+        state = RedisStateStore(store.client, settings.outer_consumer_group, settings.outer_state_compression)
     controller = DurableController(
         settings, consumer, producer, state, make_tuner(settings, store, metrics), metrics
     )

@@ -20,6 +20,13 @@ changed since the last snapshot go into the hash and the log is deleted -- in th
 
 :class:`MemoryStateStore` keeps the same structures in process memory (``OUTER_STATE_STORE=memory``:
 tests, demos; nothing survives the process).
+
+**Compression** (``OUTER_STATE_COMPRESSION=lz4``, the default): the Redis store writes the log blobs, the
+snapshot's user states and the outbox values as LZ4 frames (magic ``04 22 4d 18``; the JSON lines they
+hold are unchanged). Why: the state is the events' own JSON -- ~700 bytes per event with its header
+lines -- and at 10^5 events/s Redis (with its append-only file) spent a third of the controller's time
+taking it in; LZ4 shrinks it ~5-8x for ~1.5 GB/s of one core. Reads accept both forms, so a state
+written with ``none`` and one written with ``lz4`` load alike (and switching needs no migration).
 """
 
 from __future__ import annotations
@@ -29,8 +36,22 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import lz4.frame
 import redis
 from redis.exceptions import WatchError
+
+#: the LZ4 frame magic number: a stored value starting with it is compressed (JSON never starts so)
+LZ4_MAGIC = b"\x04\x22\x4d\x18"
+
+
+def pack(value: bytes) -> bytes:
+    """A value as the store writes it with compression on (an LZ4 frame)."""
+    return lz4.frame.compress(value)  # type: ignore[no-any-return]
+
+
+def unpack(value: bytes) -> bytes:
+    """A stored value as its JSON bytes (compressed or not)."""
+    return lz4.frame.decompress(value) if value[:4] == LZ4_MAGIC else value  # type: ignore[no-any-return]
 
 
 class Fenced(Exception):
@@ -80,9 +101,12 @@ class StateStore(Protocol):
 
 
 class RedisStateStore:
-    def __init__(self, client: redis.Redis, group: str) -> None:
+    def __init__(self, client: redis.Redis, group: str, compression: str = "lz4") -> None:
+        if compression not in ("lz4", "none"):
+            raise ValueError(f"unknown state compression {compression!r} (lz4 or none)")
         self.client = client
         self.group = group
+        self.compress = compression == "lz4"
 
     def key(self, partition: int, name: str) -> str:
         return _prefix(self.group, partition) + name
@@ -100,10 +124,10 @@ class RedisStateStore:
         pipe.hgetall(self.key(partition, "outbox"))
         epoch, users, log, meta, outbox = pipe.execute()
         return ShardSnapshot(
-            users={_str(k): v for k, v in users.items()},
-            log=list(log),
+            users={_str(k): unpack(v) for k, v in users.items()},
+            log=[unpack(b) for b in log],
             meta=json.loads(meta) if meta else {},
-            outbox={_str(k): v for k, v in outbox.items()},
+            outbox={_str(k): unpack(v) for k, v in outbox.items()},
             epoch=int(epoch),
         )
 
@@ -120,18 +144,20 @@ class RedisStateStore:
                     if cur is None or int(cur) != d.epoch:
                         raise Fenced(f"shard p{d.partition}: epoch {cur!r} != ours {d.epoch}")
                 pipe.multi()
+                z = pack if self.compress else bytes
                 for d in deltas:
                     users, log = self.key(d.partition, "users"), self.key(d.partition, "log")
                     if d.compact:
                         if d.users_set:
-                            pipe.hset(users, mapping=d.users_set)  # type: ignore[arg-type]
+                            pipe.hset(users, mapping={u: z(v) for u, v in d.users_set.items()})  # type: ignore[arg-type]
                         if d.users_del:
                             pipe.hdel(users, *d.users_del)
                         pipe.delete(log)
                     elif d.log_append:
-                        pipe.rpush(log, d.log_append)
+                        pipe.rpush(log, z(d.log_append))
                     if d.outbox_set:
-                        pipe.hset(self.key(d.partition, "outbox"), mapping=d.outbox_set)  # type: ignore[arg-type]
+                        outbox = {rid: z(v) for rid, v in d.outbox_set.items()}
+                        pipe.hset(self.key(d.partition, "outbox"), mapping=outbox)  # type: ignore[arg-type]
                     if d.outbox_del:
                         pipe.hdel(self.key(d.partition, "outbox"), *d.outbox_del)
                     pipe.set(self.key(d.partition, "meta"), json.dumps(d.meta, separators=(",", ":")))
