@@ -404,7 +404,9 @@ pub fn parse_action(raw: &[u8]) -> Option<Action> {
 /// bytes inside a string) only sends the record to the Python path.
 fn has_int_minus_zero(raw: &[u8]) -> bool {
     raw.windows(3).any(|w| {
-        w[0] == b'-' && w[1] == b'0' && matches!(w[2], b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n')
+        w[0] == b'-'
+            && w[1] == b'0'
+            && matches!(w[2], b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n')
     }) || raw.ends_with(b"-0")
 }
 
