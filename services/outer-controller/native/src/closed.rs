@@ -2,15 +2,16 @@
 //! `rewardloop_outer.session_window.ClosedSession`. Events are shared with the window (`Arc`), so a
 //! snapshot costs no copy of them; Python sees them only when it asks (`action_raws`, the slow paths).
 
-use crate::event::{Action, Kpi};
+use crate::event::{Action, Kpi, Segment};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub struct ClosedCore {
-    pub user_id: String,
-    pub segment: String,
+    /// the window's key of the user (shared)
+    pub user_id: Arc<str>,
+    pub segment: Segment,
     pub start_ms: i64,
     pub end_ms: i64,
     pub closed_at_ms: i64,
@@ -52,7 +53,7 @@ impl Closed {
     }
     #[getter]
     fn segment(&self) -> &str {
-        &self.core.segment
+        self.core.segment.as_str()
     }
     #[getter]
     fn start_ms(&self) -> i64 {
@@ -101,7 +102,7 @@ impl Closed {
     fn action_raws<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         PyList::new(
             py,
-            self.core.actions.iter().map(|a| PyBytes::new(py, &a.raw)),
+            self.core.actions.iter().map(|a| PyBytes::new(py, a.raw())),
         )
     }
     /// The KPI events' JSON bytes, in (event_time_ms, event_id) order.
@@ -113,9 +114,9 @@ impl Closed {
     fn first_explore(&self) -> Option<(Option<i64>, Option<f64>, Option<i64>)> {
         self.core.actions.first().map(|a| {
             (
-                a.explore_action,
-                a.explore_probability,
-                a.exploration_version,
+                a.explore_action(),
+                a.explore_probability(),
+                a.exploration_version(),
             )
         })
     }

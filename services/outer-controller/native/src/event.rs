@@ -14,12 +14,60 @@ use std::borrow::Cow;
 use std::fmt;
 
 /// One scored action (the fields of `RewardEvent` the outer loop uses) and its JSON.
+///
+/// Compact, as the window keeps every event of its open and retained sessions: one buffer holds the
+/// record's JSON and the string fields are spans of it (a JSON string without escapes is its own
+/// text); only a string that is not verbatim in the JSON (escapes, or an action built from Python) is
+/// appended to the buffer after the JSON. The optional exploration fields are stored unboxed with a
+/// presence bit each. Read the fields through the accessors.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Action {
-    pub event_id: String,
-    pub request_id: String,
-    pub user_id: String,
-    pub item_id: String,
+    /// the record's JSON (`raw_len` bytes), then the text of any string field that is not a span of it
+    buf: Box<[u8]>,
+    raw_len: u32,
+    event_id: Span,
+    request_id: Span,
+    user_id: Span,
+    item_id: Span,
+    /// [`DEFAULT_SEGMENT`]: `"default"`
+    segment: Span,
+    pub position: i64,
+    pub event_time_ms: i64,
+    pub dwell_seconds: f64,
+    pub predicted_relevance: f64,
+    pub behavior_propensity: f64,
+    pub reward: f64,
+    pub weights_version: i64,
+    explore_action: i64,
+    explore_probability: f64,
+    exploration_version: i64,
+    pub clicked: bool,
+    pub skipped: bool,
+    /// bit 0: explore_action, 1: explore_probability, 2: exploration_version are set
+    explore_set: u8,
+}
+
+/// Where a string field's text lies in [`Action::buf`] (always valid UTF-8: it was a `&str`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+/// The segment `"default"` (the usual one, and what an absent or empty segment reads as).
+const DEFAULT_SEGMENT: Span = Span {
+    start: u32::MAX,
+    len: 0,
+};
+
+/// An action's fields as read (or as Python hands them over), before they are packed into an
+/// [`Action`]. A borrowed string that lies within the record's bytes is stored as a span of them.
+#[derive(Clone, Debug, Default)]
+pub struct ActionFields<'a> {
+    pub event_id: Cow<'a, str>,
+    pub request_id: Cow<'a, str>,
+    pub user_id: Cow<'a, str>,
+    pub item_id: Cow<'a, str>,
     pub position: i64,
     pub event_time_ms: i64,
     pub clicked: bool,
@@ -27,13 +75,173 @@ pub struct Action {
     pub skipped: bool,
     pub predicted_relevance: f64,
     pub behavior_propensity: f64,
-    pub segment: String,
+    pub segment: Cow<'a, str>,
     pub reward: f64,
     pub weights_version: i64,
     pub explore_action: Option<i64>,
     pub explore_probability: Option<f64>,
     pub exploration_version: Option<i64>,
-    pub raw: Vec<u8>,
+}
+
+impl Action {
+    /// Pack `f` with the record's JSON `raw` (a string of `f` borrowed from within `raw` is stored as
+    /// a span of it, any other is copied after it); `None` when the buffer would not fit 32-bit
+    /// offsets (a record of 4 GiB: never from Kafka).
+    pub fn new(raw: &[u8], f: &ActionFields<'_>) -> Option<Action> {
+        let raw_len = u32::try_from(raw.len()).ok()?;
+        let base = raw.as_ptr() as usize;
+        let verbatim = |s: &str| {
+            let off = (s.as_ptr() as usize).wrapping_sub(base);
+            (off < raw.len() && s.len() <= raw.len() - off).then_some(off)
+        };
+        let segment_default = f.segment == "default";
+        let strs = [
+            &f.event_id,
+            &f.request_id,
+            &f.user_id,
+            &f.item_id,
+            &f.segment,
+        ];
+        let extra: usize = strs
+            .iter()
+            .enumerate()
+            .filter(|&(i, s)| verbatim(s).is_none() && !(i == 4 && segment_default))
+            .map(|(_, s)| s.len())
+            .sum();
+        if raw.len() + extra >= u32::MAX as usize {
+            return None;
+        }
+        let mut buf = Vec::with_capacity(raw.len() + extra);
+        buf.extend_from_slice(raw);
+        let mut span = |s: &str| {
+            let start = match verbatim(s) {
+                Some(off) => off,
+                None => {
+                    buf.extend_from_slice(s.as_bytes());
+                    buf.len() - s.len()
+                }
+            };
+            Span {
+                start: start as u32,
+                len: s.len() as u32,
+            }
+        };
+        let event_id = span(&f.event_id);
+        let request_id = span(&f.request_id);
+        let user_id = span(&f.user_id);
+        let item_id = span(&f.item_id);
+        let segment = if segment_default {
+            DEFAULT_SEGMENT
+        } else {
+            span(&f.segment)
+        };
+        Some(Action {
+            buf: buf.into_boxed_slice(),
+            raw_len,
+            event_id,
+            request_id,
+            user_id,
+            item_id,
+            segment,
+            position: f.position,
+            event_time_ms: f.event_time_ms,
+            dwell_seconds: f.dwell_seconds,
+            predicted_relevance: f.predicted_relevance,
+            behavior_propensity: f.behavior_propensity,
+            reward: f.reward,
+            weights_version: f.weights_version,
+            explore_action: f.explore_action.unwrap_or(0),
+            explore_probability: f.explore_probability.unwrap_or(0.0),
+            exploration_version: f.exploration_version.unwrap_or(0),
+            clicked: f.clicked,
+            skipped: f.skipped,
+            explore_set: u8::from(f.explore_action.is_some())
+                | (u8::from(f.explore_probability.is_some()) << 1)
+                | (u8::from(f.exploration_version.is_some()) << 2),
+        })
+    }
+
+    /// The record's JSON.
+    #[inline]
+    pub fn raw(&self) -> &[u8] {
+        &self.buf[..self.raw_len as usize]
+    }
+
+    #[inline]
+    fn text(&self, s: Span) -> &str {
+        let b = &self.buf[s.start as usize..(s.start + s.len) as usize];
+        // SAFETY: every span is the bytes of a `&str` (`Action::new`), at the same offsets
+        unsafe { std::str::from_utf8_unchecked(b) }
+    }
+
+    #[inline]
+    pub fn event_id(&self) -> &str {
+        self.text(self.event_id)
+    }
+
+    /// `""` when the record has none.
+    #[inline]
+    pub fn request_id(&self) -> &str {
+        self.text(self.request_id)
+    }
+
+    #[inline]
+    pub fn user_id(&self) -> &str {
+        self.text(self.user_id)
+    }
+
+    #[inline]
+    pub fn item_id(&self) -> &str {
+        self.text(self.item_id)
+    }
+
+    #[inline]
+    pub fn segment(&self) -> &str {
+        if self.segment == DEFAULT_SEGMENT {
+            "default"
+        } else {
+            self.text(self.segment)
+        }
+    }
+
+    #[inline]
+    pub fn explore_action(&self) -> Option<i64> {
+        (self.explore_set & 1 != 0).then_some(self.explore_action)
+    }
+
+    #[inline]
+    pub fn explore_probability(&self) -> Option<f64> {
+        (self.explore_set & 2 != 0).then_some(self.explore_probability)
+    }
+
+    #[inline]
+    pub fn exploration_version(&self) -> Option<i64> {
+        (self.explore_set & 4 != 0).then_some(self.exploration_version)
+    }
+}
+
+/// A session's segment: `"default"` (the usual one) without an allocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Segment {
+    Default,
+    Other(Box<str>),
+}
+
+impl Segment {
+    pub fn new(s: &str) -> Segment {
+        if s == "default" {
+            Segment::Default
+        } else {
+            Segment::Other(s.into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Segment::Default => "default",
+            Segment::Other(s) => s,
+        }
+    }
 }
 
 /// One delayed business event and its JSON (validated by the pydantic model in Python: KPIs are rare).
@@ -139,9 +347,9 @@ impl<'de> Deserialize<'de> for Parts {
     }
 }
 
-/// A record's fields as read, before the checks both parsers share ([`Draft::finish`]).
-struct Draft {
-    a: Action,
+/// A record's fields as read, before the checks both parsers share ([`Draft::check`]).
+struct Draft<'a> {
+    a: ActionFields<'a>,
     /// bit per required field (see [`REQUIRED`])
     got: u32,
     /// segment, request_id, session_id, explore_action/probability/version
@@ -158,29 +366,10 @@ fn str_len_ok(s: &str) -> bool {
     n > 0 && n <= 256
 }
 
-impl Draft {
-    fn new() -> Draft {
+impl<'a> Draft<'a> {
+    fn new() -> Draft<'a> {
         Draft {
-            a: Action {
-                event_id: String::new(),
-                request_id: String::new(),
-                user_id: String::new(),
-                item_id: String::new(),
-                position: 0,
-                event_time_ms: 0,
-                clicked: false,
-                dwell_seconds: 0.0,
-                skipped: false,
-                predicted_relevance: 0.0,
-                behavior_propensity: 0.0,
-                segment: String::new(),
-                reward: 0.0,
-                weights_version: 0,
-                explore_action: None,
-                explore_probability: None,
-                exploration_version: None,
-                raw: Vec::new(),
-            },
+            a: ActionFields::default(),
             got: 0,
             opt_seen: 0,
             n_keys: 0,
@@ -226,25 +415,56 @@ impl Draft {
         a.behavior_propensity = prop;
         a.reward = reward;
         if a.segment.is_empty() {
-            a.segment.push_str("default");
+            a.segment = Cow::Borrowed("default");
         }
         true
+    }
+
+    /// The checked action with its JSON `raw` (the bytes the fields were read from).
+    fn action(&self, raw: &[u8]) -> Option<Action> {
+        Action::new(raw, &self.a)
+    }
+}
+
+/// A JSON string, borrowed from the input when it has no escapes (serde's own `Cow<str>` always
+/// copies).
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
 /// The top-level record for serde_json, read in one pass; any deviation from the common shape is an
 /// error (= fall back).
-struct Fields(Draft);
+struct Fields<'de>(Draft<'de>);
 
-impl<'de> Deserialize<'de> for Fields {
+impl<'de> Deserialize<'de> for Fields<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Fields;
+            type Value = Fields<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a reward event")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Fields, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Fields<'de>, A::Error> {
                 let bad = || de::Error::custom("not the common shape");
                 let mut dr = Draft::new();
                 let Draft {
@@ -267,15 +487,15 @@ impl<'de> Deserialize<'de> for Fields {
                     match k.as_ref() {
                         "event_id" => {
                             set(got, 0)?;
-                            a.event_id = m.next_value()?;
+                            a.event_id = m.next_value::<Text>()?.0;
                         }
                         "user_id" => {
                             set(got, 1)?;
-                            a.user_id = m.next_value()?;
+                            a.user_id = m.next_value::<Text>()?.0;
                         }
                         "item_id" => {
                             set(got, 2)?;
-                            a.item_id = m.next_value()?;
+                            a.item_id = m.next_value::<Text>()?.0;
                         }
                         "position" => {
                             set(got, 3)?;
@@ -325,11 +545,11 @@ impl<'de> Deserialize<'de> for Fields {
                         }
                         "segment" => {
                             set(opt_seen, 0)?;
-                            a.segment = m.next_value()?; // a str (null and other types: fall back)
+                            a.segment = m.next_value::<Text>()?.0; // a str (null and other types: fall back)
                         }
                         "request_id" => {
                             set(opt_seen, 1)?;
-                            a.request_id = m.next_value()?;
+                            a.request_id = m.next_value::<Text>()?.0;
                         }
                         "session_id" => {
                             set(opt_seen, 2)?;
@@ -386,18 +606,16 @@ impl<'de> Deserialize<'de> for Fields {
 /// tests at the end of this file check that on randomized records).
 pub fn parse_action(raw: &[u8]) -> Option<Action> {
     let mut d = Draft::new();
-    let mut a = match fast::parse(raw, &mut d) {
-        Ok(()) if d.check() => d.a,
-        Ok(()) => return None,
+    match fast::parse(raw, &mut d) {
+        Ok(()) if d.check() => d.action(raw),
+        Ok(()) => None,
         Err(fast::Defer) => {
             if has_int_minus_zero(raw) {
                 return None; // Python reads the int literal -0 as 0 (then 0.0); serde_json as -0.0
             }
-            parse_serde(raw)?
+            parse_serde(raw)
         }
-    };
-    a.raw = raw.to_vec();
-    Some(a)
+    }
 }
 
 /// Does `raw` hold the integer literal `-0` (a `-0` followed by a delimiter)? A false positive (the
@@ -410,13 +628,17 @@ fn has_int_minus_zero(raw: &[u8]) -> bool {
     }) || raw.ends_with(b"-0")
 }
 
-/// serde_json's reading of a record (`raw` left empty): the reference for [`fast::parse`].
+/// serde_json's reading of a record: the reference for [`fast::parse`].
 fn parse_serde(raw: &[u8]) -> Option<Action> {
     if raw.iter().any(|&c| c == b'\n' || c == b'\r') {
         return None;
     }
     let mut f: Fields = serde_json::from_slice(raw).ok()?;
-    f.0.check().then_some(f.0.a)
+    if f.0.check() {
+        f.0.action(raw)
+    } else {
+        None
+    }
 }
 
 /// A hand-written reader for the usual layout of a reward event (see [`parse_action`]).
@@ -427,6 +649,7 @@ fn parse_serde(raw: &[u8]) -> Option<Action> {
 /// other floats go to `fast_float2` (correctly rounded). Anything unusual defers to serde_json.
 mod fast {
     use super::{Draft, Num};
+    use std::borrow::Cow;
 
     /// Not the usual layout: let serde_json decide.
     pub struct Defer;
@@ -875,7 +1098,7 @@ mod fast {
     }
 
     /// The record's fields in the usual layout into `d` (a new [`Draft`]), or `Err(Defer)`.
-    pub fn parse(raw: &[u8], d: &mut Draft) -> Result<(), Defer> {
+    pub fn parse<'a>(raw: &'a [u8], d: &mut Draft<'a>) -> Result<(), Defer> {
         let mut p = P { b: raw, i: 0 };
         p.eat(b'{')?;
         let mut at = 0; // the position in ORDER of the key expected next
@@ -898,9 +1121,9 @@ mod fast {
             *mask |= 1 << bit;
             let a = &mut d.a;
             match id {
-                0 => a.event_id = p.string()?.to_owned(),
-                1 => a.user_id = p.string()?.to_owned(),
-                2 => a.item_id = p.string()?.to_owned(),
+                0 => a.event_id = Cow::Borrowed(p.string()?),
+                1 => a.user_id = Cow::Borrowed(p.string()?),
+                2 => a.item_id = Cow::Borrowed(p.string()?),
                 3 => a.position = p.int()?,
                 4 => a.event_time_ms = p.int()?,
                 5 => a.weights_version = p.int()?,
@@ -913,8 +1136,8 @@ mod fast {
                 8 => a.skipped = p.boolean()?,
                 9 => p.parts()?,
                 10..=14 => d.nums[(id - 10) as usize] = p.number()?.f(),
-                16 => a.segment = p.string()?.to_owned(),
-                17 => a.request_id = p.string()?.to_owned(),
+                16 => a.segment = Cow::Borrowed(p.string()?),
+                17 => a.request_id = Cow::Borrowed(p.string()?),
                 18 => {
                     p.string()?;
                 }
@@ -1023,16 +1246,16 @@ mod tests {
     fn fast_only(raw: &[u8]) -> Result<Option<Action>, fast::Defer> {
         let mut d = Draft::new();
         fast::parse(raw, &mut d)?;
-        Ok(d.check().then_some(d.a))
+        Ok(if d.check() { d.action(raw) } else { None })
     }
 
     /// Equal fields, floats compared bit for bit (`-0.0` is not `0.0` here).
     fn same(a: &Action, b: &Action) -> bool {
         let bits = |x: Option<f64>| x.map(f64::to_bits);
-        a.event_id == b.event_id
-            && a.request_id == b.request_id
-            && a.user_id == b.user_id
-            && a.item_id == b.item_id
+        a.event_id() == b.event_id()
+            && a.request_id() == b.request_id()
+            && a.user_id() == b.user_id()
+            && a.item_id() == b.item_id()
             && a.position == b.position
             && a.event_time_ms == b.event_time_ms
             && a.clicked == b.clicked
@@ -1040,12 +1263,13 @@ mod tests {
             && a.skipped == b.skipped
             && a.predicted_relevance.to_bits() == b.predicted_relevance.to_bits()
             && a.behavior_propensity.to_bits() == b.behavior_propensity.to_bits()
-            && a.segment == b.segment
+            && a.segment() == b.segment()
             && a.reward.to_bits() == b.reward.to_bits()
             && a.weights_version == b.weights_version
-            && a.explore_action == b.explore_action
-            && bits(a.explore_probability) == bits(b.explore_probability)
-            && a.exploration_version == b.exploration_version
+            && a.explore_action() == b.explore_action()
+            && bits(a.explore_probability()) == bits(b.explore_probability())
+            && a.exploration_version() == b.exploration_version()
+            && a.raw() == b.raw()
     }
 
     /// Where the fast reader decides, it decides as serde_json does; `true` when it decided.

@@ -6,6 +6,7 @@
 
 use crate::event;
 use crate::window::NativeWindow;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use std::sync::Arc;
@@ -21,12 +22,12 @@ pub fn group_messages<'py>(
     let errors = PyList::empty(py);
     let mut cur: Option<(Py<PyAny>, i64, Bound<'py, PyList>)> = None;
     for m in msgs.iter() {
-        if !m.call_method0("error")?.is_none() {
+        if !m.call_method0(intern!(py, "error"))?.is_none() {
             errors.append(&m)?;
             continue;
         }
-        let topic = m.call_method0("topic")?;
-        let part: i64 = m.call_method0("partition")?.extract()?;
+        let topic = m.call_method0(intern!(py, "topic"))?;
+        let part: i64 = m.call_method0(intern!(py, "partition"))?.extract()?;
         let same = match &cur {
             Some((t, p, _)) => *p == part && t.bind(py).eq(&topic)?,
             None => false,
@@ -67,6 +68,7 @@ pub fn ingest_actions(
     now_ms: i64,
     lag_every: u64,
 ) -> PyResult<(usize, i64, u64, [u64; 6], Vec<i64>)> {
+    let py = window.py();
     let mut w = window.borrow_mut();
     let mut next = next_offset;
     let mut applied: u64 = 0;
@@ -76,12 +78,12 @@ pub fn ingest_actions(
     let mut i = start;
     while i < n {
         let m = msgs.get_item(i)?;
-        let off: i64 = m.call_method0("offset")?.extract()?;
+        let off: i64 = m.call_method0(intern!(py, "offset"))?.extract()?;
         if off < next {
             i += 1;
             continue;
         }
-        let value = m.call_method0("value")?;
+        let value = m.call_method0(intern!(py, "value"))?;
         let Ok(raw) = value.cast::<PyBytes>() else {
             break; // None (or not bytes): the Python path reports it
         };
@@ -93,7 +95,7 @@ pub fn ingest_actions(
         applied += 1;
         counts[code as usize] += 1;
         if lag_every <= 1 || applied % lag_every == 1 {
-            let ts = m.call_method0("timestamp")?;
+            let ts = m.call_method0(intern!(py, "timestamp"))?;
             let (kind, t): (i64, i64) = ts.extract()?;
             lag_ts.push(if kind != 0 { t } else { 0 });
         }

@@ -46,10 +46,10 @@ fn parse_action_fields<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Option<Boun
         return Ok(None);
     };
     let d = PyDict::new(py);
-    d.set_item("event_id", a.event_id)?;
-    d.set_item("request_id", a.request_id)?;
-    d.set_item("user_id", a.user_id)?;
-    d.set_item("item_id", a.item_id)?;
+    d.set_item("event_id", a.event_id())?;
+    d.set_item("request_id", a.request_id())?;
+    d.set_item("user_id", a.user_id())?;
+    d.set_item("item_id", a.item_id())?;
     d.set_item("position", a.position)?;
     d.set_item("event_time_ms", a.event_time_ms)?;
     d.set_item("clicked", a.clicked)?;
@@ -57,13 +57,13 @@ fn parse_action_fields<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Option<Boun
     d.set_item("skipped", a.skipped)?;
     d.set_item("predicted_relevance", a.predicted_relevance)?;
     d.set_item("behavior_propensity", a.behavior_propensity)?;
-    d.set_item("segment", a.segment)?;
+    d.set_item("segment", a.segment())?;
     d.set_item("reward", a.reward)?;
     d.set_item("weights_version", a.weights_version)?;
-    d.set_item("explore_action", a.explore_action)?;
-    d.set_item("explore_probability", a.explore_probability)?;
-    d.set_item("exploration_version", a.exploration_version)?;
-    d.set_item("raw", PyBytes::new(py, &a.raw))?;
+    d.set_item("explore_action", a.explore_action())?;
+    d.set_item("explore_probability", a.explore_probability())?;
+    d.set_item("exploration_version", a.exploration_version())?;
+    d.set_item("raw", PyBytes::new(py, a.raw()))?;
     Ok(Some(d))
 }
 

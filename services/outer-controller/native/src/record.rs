@@ -13,7 +13,7 @@
 //! the Python loop; `rewardloop_outer.native_record` exports it through a prometheus_client collector.
 
 use crate::closed::{Closed, ClosedCore};
-use crate::event::{parse_action, Action, Kpi};
+use crate::event::{parse_action, Action, Kpi, Segment};
 use crate::json::{write_bool, write_f64, write_i64, write_str};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -149,10 +149,10 @@ fn business_parts(
     let mut entries: Vec<(usize, i64, f64)> = Vec::with_capacity(n);
     let mut eng = 0.0;
     for a in actions {
-        let key: &str = if a.request_id.is_empty() {
-            &a.event_id
+        let key: &str = if a.request_id().is_empty() {
+            a.event_id()
         } else {
-            &a.request_id
+            a.request_id()
         };
         let slate = if use_index {
             let next = keys.len();
@@ -349,7 +349,7 @@ pub fn build_record(
         return None;
     }
 
-    let raw_len: usize = actions.iter().map(|a| a.raw.len()).sum();
+    let raw_len: usize = actions.iter().map(|a| a.raw().len()).sum();
     let mut o: Vec<u8> =
         Vec::with_capacity(raw_len + 64 * n + 640 + tuner_json.map_or(0, |t| t.len()));
     o.extend_from_slice(b"{\"session_key\":");
@@ -357,7 +357,7 @@ pub fn build_record(
     o.extend_from_slice(b",\"user_id\":");
     write_str(&mut o, &c.user_id);
     o.extend_from_slice(b",\"segment\":");
-    write_str(&mut o, &c.segment);
+    write_str(&mut o, c.segment.as_str());
     o.extend_from_slice(b",\"start_ms\":");
     write_i64(&mut o, c.start_ms);
     o.extend_from_slice(b",\"end_ms\":");
@@ -377,9 +377,9 @@ pub fn build_record(
             o.push(b',');
         }
         o.extend_from_slice(b"{\"event_id\":");
-        write_str(&mut o, &a.event_id);
+        write_str(&mut o, a.event_id());
         o.extend_from_slice(b",\"item_id\":");
-        write_str(&mut o, &a.item_id);
+        write_str(&mut o, a.item_id());
         o.extend_from_slice(b",\"position\":");
         write_i64(&mut o, a.position);
         o.extend_from_slice(b",\"event_time_ms\":");
@@ -403,7 +403,7 @@ pub fn build_record(
         o.extend_from_slice(b",\"credit\":");
         write_f64(&mut o, credits[i]);
         o.extend_from_slice(b",\"request_id\":");
-        write_str(&mut o, &a.request_id);
+        write_str(&mut o, a.request_id());
         o.push(b'}');
         // tradeoff.add_steps: clicks counted, dwell summed left to right, the newest weights version
         clicks += a.clicked as i64;
@@ -594,8 +594,8 @@ pub fn closed_for_tests(
         .collect();
     Ok(Closed {
         core: ClosedCore {
-            user_id,
-            segment,
+            user_id: user_id.into(),
+            segment: Segment::new(&segment),
             start_ms,
             end_ms,
             closed_at_ms,

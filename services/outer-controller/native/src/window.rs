@@ -23,14 +23,14 @@
 //! `add_action`).
 
 use crate::closed::{Closed, ClosedCore};
-use crate::event::{self, Action, Kpi};
+use crate::event::{self, Action, ActionFields, Kpi, Segment};
 use crate::json;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PySet};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -53,7 +53,7 @@ pub trait Keyed {
 
 impl Keyed for Action {
     fn key(&self) -> &str {
-        &self.event_id
+        self.event_id()
     }
 }
 
@@ -102,17 +102,17 @@ const INDEX_AT: usize = 32;
 /// A Python `dict[event_id, event]` that is only ever assigned to: insertion order, and assigning an
 /// existing key replaces the value in place.
 struct EvSet<T> {
-    items: Vec<Arc<T>>,
-    /// `id_hash` of each item's id, in step with `items`
-    hashes: Vec<u64>,
-    index: Option<HashMap<ById<T>, usize, Fold>>,
+    /// the events with the `id_hash` of their id
+    items: Vec<(u64, Arc<T>)>,
+    /// boxed: most sets never get one (8 bytes instead of 40 in every session)
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<ById<T>, usize, Fold>>>,
 }
 
 impl<T: Keyed> Default for EvSet<T> {
     fn default() -> Self {
         EvSet {
             items: Vec::new(),
-            hashes: Vec::new(),
             index: None,
         }
     }
@@ -124,10 +124,9 @@ impl<T: Keyed> EvSet<T> {
         match &self.index {
             Some(ix) => ix.get(id).copied(),
             None => self
-                .hashes
+                .items
                 .iter()
-                .zip(&self.items)
-                .position(|(&x, v)| x == h && v.key() == id),
+                .position(|(x, v)| *x == h && v.key() == id),
         }
     }
 
@@ -143,22 +142,31 @@ impl<T: Keyed> EvSet<T> {
                 ix.remove(v.key());
                 ix.insert(ById(v.clone()), i);
             }
-            self.items[i] = v; // the same id: `hashes[i]` stays
+            self.items[i].1 = v; // the same id: the hash stays
             return;
         }
         let i = self.items.len();
         if let Some(ix) = &mut self.index {
             ix.insert(ById(v.clone()), i);
         }
-        self.items.push(v);
-        self.hashes.push(h);
+        self.items.push((h, v));
         if self.index.is_none() && self.items.len() > INDEX_AT {
             let mut ix = HashMap::with_capacity_and_hasher(self.items.len() * 2, Fold::default());
-            for (j, x) in self.items.iter().enumerate() {
+            for (j, (_, x)) in self.items.iter().enumerate() {
                 ix.insert(ById(x.clone()), j);
             }
-            self.index = Some(ix);
+            self.index = Some(Box::new(ix));
         }
+    }
+
+    /// The events in insertion order.
+    fn iter(&self) -> impl ExactSizeIterator<Item = &Arc<T>> {
+        self.items.iter().map(|(_, v)| v)
+    }
+
+    /// Drop the spare capacity (a session that closed grows rarely).
+    fn shrink(&mut self) {
+        self.items.shrink_to_fit();
     }
 }
 
@@ -166,7 +174,7 @@ impl<T: Keyed> EvSet<T> {
 
 /// `OpenSession`: an open session, or a retained closed one.
 struct Session {
-    segment: String,
+    segment: Segment,
     start_ms: i64,
     last_ms: i64,
     actions: EvSet<Action>,
@@ -184,7 +192,7 @@ struct Session {
 impl Session {
     fn new(segment: &str, t: i64, sid: i64) -> Session {
         Session {
-            segment: segment.to_owned(),
+            segment: Segment::new(segment),
             start_ms: t,
             last_ms: t,
             actions: EvSet::default(),
@@ -218,7 +226,7 @@ impl Session {
         out.extend_from_slice(b"{\"i\":");
         json::write_i64(out, self.sid);
         out.extend_from_slice(b",\"g\":");
-        json::write_str(out, &self.segment);
+        json::write_str(out, self.segment.as_str());
         out.extend_from_slice(b",\"s\":");
         json::write_i64(out, self.start_ms);
         out.extend_from_slice(b",\"l\":");
@@ -243,21 +251,21 @@ impl Session {
     }
 
     /// `SessionWindow._snapshot`
-    fn snapshot(&self, user: &str, clock: i64) -> ClosedCore {
-        let mut actions = self.actions.items.clone();
+    fn snapshot(&self, user: &Arc<str>, clock: i64) -> ClosedCore {
+        let mut actions: Vec<Arc<Action>> = self.actions.iter().cloned().collect();
         actions.sort_by(|a, b| {
-            (a.event_time_ms, a.position, &a.event_id).cmp(&(
+            (a.event_time_ms, a.position, a.event_id()).cmp(&(
                 b.event_time_ms,
                 b.position,
-                &b.event_id,
+                b.event_id(),
             ))
         });
-        let mut kpis = self.kpis.items.clone();
+        let mut kpis: Vec<Arc<Kpi>> = self.kpis.iter().cloned().collect();
         kpis.sort_by(|a, b| (a.event_time_ms, &a.event_id).cmp(&(b.event_time_ms, &b.event_id)));
         ClosedCore {
-            user_id: user.to_owned(),
+            user_id: user.clone(),
             segment: match actions.first() {
-                Some(a) => a.segment.clone(),
+                Some(a) => Segment::new(a.segment()),
                 None => self.segment.clone(),
             },
             start_ms: self.start_ms,
@@ -276,14 +284,17 @@ impl Session {
 /// One user's state and change tracking (the Python window keeps these in separate dicts and sets).
 struct UserEntry {
     key: Arc<str>,
-    open: Option<Session>,
+    open: Option<Box<Session>>,
     /// when the open session was inserted (`dict` order of `_open`, for `close_all`)
     open_seq: u64,
     retained: Vec<Session>,
     /// `_pending[user]`: dict order
     pending: Vec<Arc<Kpi>>,
-    /// `_appended[user]`: the event lines appended since the last commit (written out by `delta`)
+    /// `_appended[user]`: the event lines appended since the last commit (written out by `delta`), each
+    /// run of one session's lines after a [`Line::Sid`]
     appended: Vec<Line>,
+    /// the session of the last run in `appended` (when not empty)
+    appended_sid: i64,
     dirty: bool,
     rewrite: bool,
     /// in `_amended_users`
@@ -299,6 +310,7 @@ impl UserEntry {
             retained: Vec::new(),
             pending: Vec::new(),
             appended: Vec::new(),
+            appended_sid: 0,
             dirty: false,
             rewrite: false,
             amended: false,
@@ -343,10 +355,12 @@ impl UserEntry {
     }
 }
 
-/// An event line appended to a user's state: `["a", user, sid, action]` / `["k", user, sid, kpi]`.
+/// An event line appended to a user's state: `["a", user, sid, action]` / `["k", user, sid, kpi]`, the
+/// `sid` given by the last `Sid` before it (16 bytes a line: most runs are one session's).
 enum Line {
-    A(i64, Arc<Action>),
-    K(i64, Arc<Kpi>),
+    Sid(i64),
+    A(Arc<Action>),
+    K(Arc<Kpi>),
 }
 
 fn event_line(out: &mut Vec<u8>, kind: u8, user: &str, sid: i64, raw: &[u8]) {
@@ -382,13 +396,13 @@ fn header_line(out: &mut Vec<u8>, user: &str, o: Option<&Session>, rs: &[Session
 /// `_full_lines`, joined with `\n`
 fn full_lines(out: &mut Vec<u8>, e: &UserEntry) {
     let user: &str = &e.key;
-    header_line(out, user, e.open.as_ref(), &e.retained);
-    for s in e.open.iter().chain(e.retained.iter()) {
-        for a in &s.actions.items {
+    header_line(out, user, e.open.as_deref(), &e.retained);
+    for s in e.open.as_deref().into_iter().chain(e.retained.iter()) {
+        for a in s.actions.iter() {
             out.push(b'\n');
-            event_line(out, b'a', user, s.sid, &a.raw);
+            event_line(out, b'a', user, s.sid, a.raw());
         }
-        for k in &s.kpis.items {
+        for k in s.kpis.iter() {
             out.push(b'\n');
             event_line(out, b'k', user, s.sid, &k.raw);
         }
@@ -504,9 +518,13 @@ impl Core {
     }
 
     /// `_append`
-    fn append(&mut self, e: &mut UserEntry, line: Line) {
+    fn append(&mut self, e: &mut UserEntry, sid: i64, line: Line) {
         self.mark_dirty(e);
         if !e.rewrite {
+            if e.appended.is_empty() || e.appended_sid != sid {
+                e.appended.push(Line::Sid(sid));
+                e.appended_sid = sid;
+            }
             e.appended.push(line);
         }
     }
@@ -557,6 +575,9 @@ impl Core {
             s.amended = false;
             self.retained_heap
                 .push(Reverse((s.last_ms as i128 + self.retention, e.key.clone())));
+            s.actions.shrink();
+            s.kpis.shrink();
+            e.retained.reserve_exact(1); // users have few retained sessions: no spare ones
             e.retained.push(s);
             self.retained_count += 1;
         } else {
@@ -568,7 +589,7 @@ impl Core {
         if moved {
             self.mark_rewrite(e);
         } else {
-            self.append(e, Line::K(sid, ev.clone()));
+            self.append(e, sid, Line::K(ev.clone()));
         }
     }
 
@@ -620,7 +641,7 @@ impl Core {
     }
 
     /// `_amend` (the caller marks the user dirty)
-    fn amend(&mut self, user: &str, r: &mut Session, clock: i64) -> ClosedCore {
+    fn amend(&mut self, user: &Arc<str>, r: &mut Session, clock: i64) -> ClosedCore {
         r.amended = false;
         r.revision += 1;
         r.closed_at_ms = clock;
@@ -651,7 +672,7 @@ fn advance(users: &mut Users, c: &mut Core, clock: i64) {
         }
         let s = e.open.take().unwrap();
         c.open_count -= 1;
-        c.close_into(e, s, clock);
+        c.close_into(e, *s, clock);
     }
     if !c.pending_heap.is_empty() {
         settle_pending(users, c, clock);
@@ -765,7 +786,7 @@ struct Meta {
 impl Meta {
     fn session(self) -> Session {
         Session {
-            segment: self.g,
+            segment: Segment::new(&self.g),
             start_ms: self.s,
             last_ms: self.l,
             actions: EvSet::default(),
@@ -838,8 +859,8 @@ impl NativeWindow {
     /// `SessionWindow.add_action` for a parsed action.
     pub fn add(&mut self, ev: Arc<Action>, now_ms: i64) -> i64 {
         let (users, c) = (&mut self.users, &mut self.c);
-        let uid = ev.user_id.as_str();
-        let eid = ev.event_id.as_str();
+        let uid = ev.user_id();
+        let eid = ev.event_id();
         // de-duplication against the user's open and retained sessions
         if let Some(e) = users.get(uid) {
             if e.open.as_ref().is_some_and(|s| s.actions.contains(eid))
@@ -875,7 +896,7 @@ impl NativeWindow {
             {
                 let s = e.open.take().unwrap();
                 c.open_count -= 1;
-                c.close_into(e, s, clock);
+                c.close_into(e, *s, clock);
             }
             if let Some(s) = e.open.as_mut() {
                 if t128 >= s.start_ms as i128 - gap {
@@ -883,7 +904,7 @@ impl NativeWindow {
                     if s.add(ev.clone()) {
                         c.due.push(t, e.key.clone()); // a new last_ms gets a queue entry
                     }
-                    c.append(e, Line::A(sid, ev.clone()));
+                    c.append(e, sid, Line::A(ev.clone()));
                     return ADDED;
                 }
                 has_open = true;
@@ -897,7 +918,7 @@ impl NativeWindow {
                     r.amended = true;
                     let sid = r.sid;
                     c.mark_amended(e);
-                    c.append(e, Line::A(sid, ev.clone()));
+                    c.append(e, sid, Line::A(ev.clone()));
                     return AMENDED;
                 }
             }
@@ -907,11 +928,11 @@ impl NativeWindow {
             c.late.push(LateRec {
                 kind: "action",
                 reason: "beyond_allowed_lateness",
-                user_id: ev.user_id.clone(),
-                event_id: ev.event_id.clone(),
+                user_id: ev.user_id().to_owned(),
+                event_id: ev.event_id().to_owned(),
                 event_time_ms: t,
                 clock_ms: clock,
-                raw: ev.raw.clone(),
+                raw: ev.raw().to_vec(),
             });
             return LATE;
         }
@@ -920,20 +941,20 @@ impl NativeWindow {
             users.insert(key.clone(), UserEntry::new(key));
         }
         let e = users.get_mut(uid).unwrap();
-        let mut s = Session::new(&ev.segment, t, e.new_sid());
+        let mut s = Session::new(ev.segment(), t, e.new_sid());
         let sid = s.sid;
         s.add(ev.clone());
         if !has_open {
-            e.open = Some(s);
+            e.open = Some(Box::new(s));
             e.open_seq = c.open_seq;
             c.open_seq += 1;
             c.open_count += 1;
             c.due.push(t, e.key.clone());
-            c.append(e, Line::A(sid, ev.clone()));
+            c.append(e, sid, Line::A(ev.clone()));
             return ADDED;
         }
         c.late_actions += 1;
-        c.append(e, Line::A(sid, ev.clone()));
+        c.append(e, sid, Line::A(ev.clone()));
         c.close_into(e, s, clock);
         ADDED
     }
@@ -955,7 +976,7 @@ impl NativeWindow {
             let s = e.open.as_mut().unwrap();
             let sid = s.sid;
             s.kpis.insert(ev.clone());
-            c.append(e, Line::K(sid, ev.clone()));
+            c.append(e, sid, Line::K(ev.clone()));
             return ADDED;
         }
         let clock = c.max_event_ms.max(now_ms);
@@ -979,7 +1000,7 @@ impl NativeWindow {
                 ev.event_id.clone(),
             )));
             c.kpis_pending += 1;
-            c.append(e, Line::K(0, ev.clone()));
+            c.append(e, 0, Line::K(ev.clone()));
         } else if result == UNATTRIBUTED {
             c.unattributed(&ev, clock);
             gc(users, uid);
@@ -1004,7 +1025,7 @@ impl NativeWindow {
                 c.open_seq += 1;
                 c.open_count += 1;
             }
-            e.open = Some(s);
+            e.open = Some(Box::new(s));
         }
         let rs: Vec<Session> = h.r.into_iter().map(Meta::session).collect();
         for r in &rs {
@@ -1071,7 +1092,7 @@ fn find_session(
         }
     }
     if new_open {
-        if let Some(s) = e.open.as_mut().filter(|s| s.sid == sid) {
+        if let Some(s) = e.open.as_deref_mut().filter(|s| s.sid == sid) {
             return Some(s);
         }
     }
@@ -1081,7 +1102,7 @@ fn find_session(
 fn session_dict<'py>(py: Python<'py>, s: &Session) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("i", s.sid)?;
-    d.set_item("g", &s.segment)?;
+    d.set_item("g", s.segment.as_str())?;
     d.set_item("s", s.start_ms)?;
     d.set_item("l", s.last_ms)?;
     d.set_item("v", s.revision)?;
@@ -1092,11 +1113,11 @@ fn session_dict<'py>(py: Python<'py>, s: &Session) -> PyResult<Bound<'py, PyDict
     d.set_item("t", s.tuner.as_ref().map(|t| PyBytes::new(py, t)))?;
     d.set_item(
         "actions",
-        PyList::new(py, s.actions.items.iter().map(|a| PyBytes::new(py, &a.raw)))?,
+        PyList::new(py, s.actions.iter().map(|a| PyBytes::new(py, a.raw())))?,
     )?;
     d.set_item(
         "kpis",
-        PyList::new(py, s.kpis.items.iter().map(|k| PyBytes::new(py, &k.raw)))?,
+        PyList::new(py, s.kpis.iter().map(|k| PyBytes::new(py, &k.raw)))?,
     )?;
     Ok(d)
 }
@@ -1179,11 +1200,13 @@ impl NativeWindow {
     /// Add a validated `rewardloop_outer.fastevents.Action` (its attributes and `raw`); integers beyond
     /// 64 bits raise ValueError naming the field.
     fn add_action(&mut self, ev: &Bound<'_, PyAny>, now_ms: i64) -> PyResult<i64> {
-        let s = |name: &str| -> PyResult<String> { ev.getattr(name)?.extract::<String>() };
+        let s = |name: &str| -> PyResult<Cow<'static, str>> {
+            Ok(Cow::Owned(ev.getattr(name)?.extract::<String>()?))
+        };
         let f = |name: &str| -> PyResult<f64> { ev.getattr(name)?.extract::<f64>() };
         let b = |name: &str| -> PyResult<bool> { ev.getattr(name)?.extract::<bool>() };
         let ep = ev.getattr("explore_probability")?;
-        let a = Action {
+        let fields = ActionFields {
             event_id: s("event_id")?,
             request_id: s("request_id")?,
             user_id: s("user_id")?,
@@ -1205,8 +1228,10 @@ impl NativeWindow {
                 Some(ep.extract::<f64>()?)
             },
             exploration_version: attr_opt_i64(ev, "exploration_version")?,
-            raw: ev.getattr("raw")?.extract::<Vec<u8>>()?,
         };
+        let raw = ev.getattr("raw")?.extract::<Vec<u8>>()?;
+        let a = Action::new(&raw, &fields)
+            .ok_or_else(|| PyValueError::new_err("raw: a record of 4 GiB or more"))?;
         Ok(self.add(Arc::new(a), now_ms))
     }
 
@@ -1259,7 +1284,7 @@ impl NativeWindow {
             let e = self.users.get_mut(&*user).unwrap();
             let s = e.open.take().unwrap();
             self.c.open_count -= 1;
-            self.c.close_into(e, s, clock);
+            self.c.close_into(e, *s, clock);
         }
         let mut out = std::mem::take(&mut self.c.closed);
         if self.c.retain {
@@ -1352,13 +1377,19 @@ impl NativeWindow {
                         out.extend_from_slice(b"]\n");
                         full_lines(out, e);
                     } else {
-                        header_line(out, user, e.open.as_ref(), &e.retained);
+                        header_line(out, user, e.open.as_deref(), &e.retained);
+                        let mut sid = 0;
                         for l in &e.appended {
+                            let (kind, raw) = match l {
+                                Line::Sid(s) => {
+                                    sid = *s;
+                                    continue;
+                                }
+                                Line::A(a) => (b'a', a.raw()),
+                                Line::K(k) => (b'k', &k.raw[..]),
+                            };
                             out.push(b'\n');
-                            match l {
-                                Line::A(sid, a) => event_line(out, b'a', user, *sid, &a.raw),
-                                Line::K(sid, k) => event_line(out, b'k', user, *sid, &k.raw),
-                            }
+                            event_line(out, kind, user, sid, raw);
                         }
                     }
                 }
@@ -1497,7 +1528,7 @@ impl NativeWindow {
         py: Python<'py>,
         user: &str,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
-        match self.users.get(user).and_then(|e| e.open.as_ref()) {
+        match self.users.get(user).and_then(|e| e.open.as_deref()) {
             Some(s) => session_dict(py, s).map(Some),
             None => Ok(None),
         }

@@ -34,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,7 @@ class Shard:
     ingest_ts: list[int] = field(default_factory=list)  # Kafka timestamps since the last checkpoint
     log_bytes: int = 0  # size of the state's delta log since its last snapshot
     snap_dirty: set[str] = field(default_factory=set)  # users changed since the last snapshot
+    durable_offsets: dict[str, int] = field(default_factory=dict)  # the offsets of the last landed write
 
     @property
     def core(self) -> Any:
@@ -96,10 +98,10 @@ class Shard:
 
     def meta(self) -> dict[str, Any]:
         w = self.window
-        return {
-            "offsets": self.offsets,
+        return {  # copies: a write on the checkpoint thread serialises it while this thread goes on
+            "offsets": dict(self.offsets),
             "max_event_ms": w.max_event_ms,
-            "baselines": self.baselines,
+            "baselines": dict(self.baselines),
             "counters": {
                 "duplicates": w.duplicates,
                 "late_actions": w.late_actions,
@@ -124,6 +126,15 @@ _RESULTS = (
     AddResult.PENDING,
     AddResult.LATE,
 )
+
+
+@dataclass
+class _PendingWrite:
+    """One checkpoint's payload, taken from the shards: per shard its delta, the ids in its new outbox
+    batch and the sampled record timestamps; and the records for the tuner."""
+
+    shards: list[tuple[Shard, ShardDelta, list[str], list[int]]] = field(default_factory=list)
+    tuner: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +237,15 @@ class DurableController:
         self._lock = threading.Lock()  # delivery callbacks run inside poll()/flush() on this thread
         self._last_checkpoint = 0.0
         self._last_priorities = -math.inf
-        self._tuner_queue: list[bytes] = []  # revision-0 records for the tuner
+        self._tuner_queue: list[bytes] = []  # revision-0 records for the tuner (not checkpointed yet)
+        self._landed_tuner: list[bytes] = []  # ... and those whose checkpoint landed
+        self._inflight: tuple[Future[None], _PendingWrite, float] | None = None
+        self._retry: _PendingWrite | None = None  # a write that failed: sent again before anything newer
+        self._writer = (
+            ThreadPoolExecutor(1, thread_name_prefix="outer-checkpoint")
+            if settings.outer_checkpoint_async
+            else None
+        )
         self._queues: dict[tuple[str, int], deque[Any]] = {}
         self._paused: set[tuple[str, int]] = set()
         self._idle_since: dict[tuple[str, int], float] = {}
@@ -282,6 +301,8 @@ class DurableController:
         except (RedisError, Fenced) as exc:
             log.warning("final checkpoint failed", error=str(exc))
         finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
             try:
                 self.consumer.close()
             except (KafkaException, RuntimeError) as exc:
@@ -323,7 +344,9 @@ class DurableController:
             self._export_lag()
             self._last_lag = t0
         self.producer.poll(0)
-        if (time.monotonic() - self._last_checkpoint) * 1000 >= self.s.outer_checkpoint_interval_ms:
+        if self._writer is not None:
+            self._checkpoint_in_background()
+        elif (time.monotonic() - self._last_checkpoint) * 1000 >= self.s.outer_checkpoint_interval_ms:
             self.checkpoint_and_produce()
         self._maybe_freeze(time.monotonic())
         if rate and msgs:  # catch-up throttle (protects Redis; the tests use it to slow a backlog)
@@ -683,74 +706,136 @@ class DurableController:
     # ---------------------------------------------------------------------------------- durability
 
     def checkpoint(self) -> bool:
-        """Write every shard's changes in one fenced transaction; ``False`` when it did not land."""
+        """Make everything so far durable: write every shard's changes in one fenced transaction (after
+        the write already in flight, if any); ``False`` when it did not land (it is retried)."""
         self._last_checkpoint = time.monotonic()
-        deltas: list[ShardDelta] = []
-        new_rids: dict[int, list[str]] = {}  # per shard: the records in its new outbox batch
+        if not self._await_inflight():
+            return False
+        if self._retry is not None:
+            pw, self._retry = self._retry, None
+            if not self._write_and_land(pw):
+                return False
+        return self._write_and_land(self._take())
+
+    def _take(self) -> _PendingWrite:
+        """Take every shard's changes since the last take (the windows start tracking afresh): the
+        write is retried with these same bytes until it lands or the shard is fenced."""
+        pw = _PendingWrite(tuner=self._tuner_queue)
+        self._tuner_queue = []
         log_max = self.s.outer_state_log_max_bytes
         with self._lock:
             for shard in self.shards.values():
                 w = shard.window
                 d = ShardDelta(shard.partition, shard.epoch, meta=shard.meta())
-                if w.dirty:
+                dirty = w.dirty
+                if dirty:
                     d.log_append = w.delta()
                 if shard.log_bytes + len(d.log_append) > log_max:
                     # compaction: the full state of every user changed since the last snapshot
                     d.compact, d.log_append = True, b""
-                    for user in shard.snap_dirty | w.dirty:
+                    for user in shard.snap_dirty | dirty:
                         st = w.user_state(user)
                         if st is None:
                             d.users_del.append(user)
                         else:
                             d.users_set[user] = st
-                if shard.outbox_new:
-                    rids = new_rids[shard.partition] = list(shard.outbox_new)
-                    batch = f"b:{shard.next_batch}"
-                    d.outbox_set[batch] = _outbox_batch([(r, shard.outbox[r]) for r in rids])
-                d.outbox_del = list(shard.batches_done)
-                deltas.append(d)
-        t0 = time.perf_counter()
-        try:
-            self.state.checkpoint(deltas)
-        except Fenced as exc:
-            # a rebalance gave a shard to another member while we were not looking: drop every shard
-            # and rejoin, so the next assignment reloads them from Redis
-            log.error("fenced: another controller owns a shard; rejoining the group", error=str(exc))
-            self.metrics.checkpoint_errors.labels(reason="fenced").inc()
-            self.shards.clear()
-            self._queues.clear()
-            self._paused.clear()
-            try:
-                self.consumer.unsubscribe()
-                self.subscribe()
-            except (KafkaException, RuntimeError) as exc2:
-                log.error("re-subscribe failed", error=str(exc2))
-            return False
-        except (RedisError, OSError) as exc:
-            log.error("checkpoint failed; will retry", error=str(exc))
-            self.metrics.checkpoint_errors.labels(reason="redis").inc()
-            return False
-        done_ms = wall_ms()
-        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
-        with self._lock:
-            for shard, d in zip(list(self.shards.values()), deltas, strict=False):
-                if d.compact:
                     shard.snap_dirty.clear()
                     shard.log_bytes = 0
                 else:
-                    shard.snap_dirty |= shard.window.dirty
+                    shard.snap_dirty |= dirty
                     shard.log_bytes += len(d.log_append)
-                shard.window.commit_delta()
-                self._batch_landed(
-                    shard, d.outbox_set.keys(), new_rids.get(shard.partition, []), d.outbox_del
-                )
-                for ts in shard.ingest_ts:
+                w.commit_delta()
+                rids: list[str] = []
+                if shard.outbox_new:
+                    rids = list(shard.outbox_new)
+                    batch = f"b:{shard.next_batch}"
+                    d.outbox_set[batch] = _outbox_batch([(r, shard.outbox[r]) for r in rids])
+                d.outbox_del = list(shard.batches_done)
+                pw.shards.append((shard, d, rids, shard.ingest_ts))
+                shard.ingest_ts = []
+        return pw
+
+    def _write_and_land(self, pw: _PendingWrite) -> bool:
+        t0 = time.perf_counter()
+        try:
+            self.state.checkpoint([d for _, d, _, _ in pw.shards])
+        except Fenced as exc:
+            self._fenced(exc)
+            return False
+        except (RedisError, OSError) as exc:
+            self._write_failed(pw, exc)
+            return False
+        self._landed(pw, t0)
+        return True
+
+    def _write_failed(self, pw: _PendingWrite, exc: Exception) -> None:
+        log.error("checkpoint failed; will retry", error=str(exc))
+        self.metrics.checkpoint_errors.labels(reason="redis").inc()
+        self._retry = pw
+
+    def _fenced(self, exc: Exception) -> None:
+        """A rebalance gave a shard to another member while we were not looking: drop every shard and
+        rejoin, so the next assignment reloads them from Redis."""
+        log.error("fenced: another controller owns a shard; rejoining the group", error=str(exc))
+        self.metrics.checkpoint_errors.labels(reason="fenced").inc()
+        self._retry = None
+        self.shards.clear()
+        self._queues.clear()
+        self._paused.clear()
+        try:
+            self.consumer.unsubscribe()
+            self.subscribe()
+        except (KafkaException, RuntimeError) as exc2:
+            log.error("re-subscribe failed", error=str(exc2))
+
+    def _landed(self, pw: _PendingWrite, t0: float) -> None:
+        """A write landed: its outbox batch may be produced, its offsets committed, its lag observed."""
+        done_ms = wall_ms()
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        with self._lock:
+            for shard, d, rids, ingest_ts in pw.shards:
+                self._batch_landed(shard, d.outbox_set.keys(), rids, d.outbox_del)
+                shard.durable_offsets = d.meta["offsets"]
+                for ts in ingest_ts:
                     lag = done_ms - ts
                     self.metrics.state_lag.observe(lag / 1000)
                     if self.record_lag:
                         self.lag_samples.append(lag)
-                shard.ingest_ts.clear()
+        self._landed_tuner.extend(pw.tuner)
+
+    def _await_inflight(self) -> bool:
+        """Wait for the write in flight (if any) and settle it; ``False`` when it was fenced."""
+        if self._inflight is None:
+            return True
+        fut, pw, t0 = self._inflight
+        self._inflight = None
+        try:
+            fut.result()
+        except Fenced as exc:
+            self._fenced(exc)
+            return False
+        except (RedisError, OSError) as exc:
+            self._write_failed(pw, exc)
+            return True  # the caller retries it
+        self._landed(pw, t0)
         return True
+
+    def _checkpoint_in_background(self) -> None:
+        """``OUTER_CHECKPOINT_ASYNC``: the Redis write runs on a writer thread while this thread goes on
+        consuming; one write at a time, in order. A landed write's records are produced and its
+        offsets committed here; a failed one is retried (the same bytes) before anything newer."""
+        if self._inflight is not None:
+            if not self._inflight[0].done():
+                return
+            if not self._await_inflight():
+                return
+            self._after_landing()
+        if (time.monotonic() - self._last_checkpoint) * 1000 < self.s.outer_checkpoint_interval_ms:
+            return
+        self._last_checkpoint = time.monotonic()
+        pw, self._retry = (self._retry or self._take()), None
+        fut = self._writer.submit(self.state.checkpoint, [d for _, d, _, _ in pw.shards])
+        self._inflight = (fut, pw, time.perf_counter())
 
     @staticmethod
     def _batch_landed(shard: Shard, added: Any, rids: list[str], removed: list[str]) -> None:
@@ -769,6 +854,10 @@ class DurableController:
     def checkpoint_and_produce(self) -> None:
         if not self.checkpoint():
             return
+        self._after_landing()
+
+    def _after_landing(self) -> None:
+        """Produce the landed outbox records, commit the durable offsets, feed the tuner."""
         for shard in list(self.shards.values()):
             for rid in [r for r in shard.outbox if r not in shard.in_flight and r not in shard.outbox_new]:
                 self._produce(shard, rid)
@@ -810,7 +899,7 @@ class DurableController:
         tps = [
             TopicPartition(topic, shard.partition, off)
             for shard in self.shards.values()
-            for topic, off in shard.offsets.items()
+            for topic, off in shard.durable_offsets.items()
         ]
         if not tps:
             return
@@ -856,6 +945,7 @@ class DurableController:
             w,
             snap.epoch,
             offsets=dict(meta.get("offsets", {})),
+            durable_offsets=dict(meta.get("offsets", {})),
             baselines=dict(meta.get("baselines", {})),
             log_bytes=snap.log_bytes,
             # the log's users are not in the snapshot yet: the next compaction must include them
@@ -937,7 +1027,7 @@ class DurableController:
         self.ctx.priorities, self.ctx.kappa_override = pr, override
 
     def _feed_tuner(self) -> None:
-        queue, self._tuner_queue = self._tuner_queue, []
+        queue, self._landed_tuner = self._landed_tuner, []
         if self.tuner is None:
             return
         for raw in queue:
