@@ -146,9 +146,6 @@ def settings(**kw: Any) -> OuterSettings:
         "outer_allowed_lateness_seconds": 300,
         "outer_attribution_window_seconds": 3600,
         "outer_checkpoint_interval_ms": 0,
-        # inline checkpoints: these tests read Redis right after run_once (test_outer_native_engine
-        # runs the background writer)
-        "outer_checkpoint_async": False,
         "outer_consumer_group": "g1",
         "outer_update_batch_sessions": 5,
     }

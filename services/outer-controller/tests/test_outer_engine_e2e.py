@@ -186,7 +186,6 @@ class Harness:
             "outer_session_gap_seconds": GAP_S,
             "outer_clock": "event",
             "outer_checkpoint_interval_ms": 0,
-            "outer_checkpoint_async": False,  # step by step: each run_once's checkpoint is checked
             "outer_consumer_group": "e2e",
             "outer_update_batch_sessions": 2,
             "outer_tuner": "correlation",

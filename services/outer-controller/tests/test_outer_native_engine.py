@@ -188,35 +188,6 @@ def test_native_and_python_controllers_write_the_same_records_state_and_metrics(
     assert metrics_text(nat) == metrics_text(py)
 
 
-def restored_states(rds: redis.Redis, group: str, partitions: int = 3) -> dict[str, bytes]:
-    """Every user's state as a new owner of the shards would load it (snapshot + delta log)."""
-    out: dict[str, bytes] = {}
-    store = RedisStateStore(rds, group)
-    for p in range(partitions):
-        snap = store.claim(p)
-        w = SessionWindow(GAP_S * 1000, allowed_lateness_ms=300_000, attribution_window_ms=3_600_000)
-        w.restore([*snap.users.values(), *snap.log])
-        out.update({u: w.user_state(u) or b"" for u in w.users()})
-    return out
-
-
-@pytest.mark.parametrize(("stream", "kw"), SCENARIOS[:1] + SCENARIOS[3:5])
-def test_the_background_checkpoint_writer_yields_the_same_records_and_state(
-    rds: redis.Redis, stream: dict[str, Any], kw: dict[str, Any]
-) -> None:
-    """OUTER_CHECKPOINT_ASYNC: checkpoints land at other moments (so the records are produced in
-    another order and the delta log is cut elsewhere), but the records and the state are the same.
-    (No tuner: when it sees a session depends on when its checkpoint landed.)"""
-    sync_log, async_log = Log(), Log()
-    fill(sync_log, **stream)
-    async_log.data = sync_log.data
-    run(make(sync_log, rds, False, "py", tuner=False, **kw), 400)
-    run(make(async_log, rds, True, "nat", tuner=False, outer_checkpoint_async=True, **kw), 400)
-    assert len(sync_log.out) > 20
-    assert sorted(async_log.out) == sorted(sync_log.out)
-    assert restored_states(rds, "nat") == restored_states(rds, "py")
-
-
 def test_with_a_credit_model_both_write_the_same_records(rds: redis.Redis, tmp_path: Any) -> None:
     _artefact(tmp_path, 3)
     py_log, nat_log = Log(), Log()
@@ -251,7 +222,6 @@ def test_a_crash_hands_the_state_from_one_implementation_to_the_other(
             "crashy",
             tuner=False,
             compression=("none", "lz4")[i % 2],
-            outer_checkpoint_async=i != 1,  # a kill with a write in flight, and one without
         )
         ctl.subscribe()
         for _ in range(crash_after):

@@ -34,7 +34,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,13 +238,7 @@ class DurableController:
         self._last_priorities = -math.inf
         self._tuner_queue: list[bytes] = []  # revision-0 records for the tuner (not checkpointed yet)
         self._landed_tuner: list[bytes] = []  # ... and those whose checkpoint landed
-        self._inflight: tuple[Future[None], _PendingWrite, float] | None = None
         self._retry: _PendingWrite | None = None  # a write that failed: sent again before anything newer
-        self._writer = (
-            ThreadPoolExecutor(1, thread_name_prefix="outer-checkpoint")
-            if settings.outer_checkpoint_async
-            else None
-        )
         self._queues: dict[tuple[str, int], deque[Any]] = {}
         self._paused: set[tuple[str, int]] = set()
         self._idle_since: dict[tuple[str, int], float] = {}
@@ -301,8 +294,6 @@ class DurableController:
         except (RedisError, Fenced) as exc:
             log.warning("final checkpoint failed", error=str(exc))
         finally:
-            if self._writer is not None:
-                self._writer.shutdown(wait=True)
             try:
                 self.consumer.close()
             except (KafkaException, RuntimeError) as exc:
@@ -344,9 +335,7 @@ class DurableController:
             self._export_lag()
             self._last_lag = t0
         self.producer.poll(0)
-        if self._writer is not None:
-            self._checkpoint_in_background()
-        elif (time.monotonic() - self._last_checkpoint) * 1000 >= self.s.outer_checkpoint_interval_ms:
+        if (time.monotonic() - self._last_checkpoint) * 1000 >= self.s.outer_checkpoint_interval_ms:
             self.checkpoint_and_produce()
         self._maybe_freeze(time.monotonic())
         if rate and msgs:  # catch-up throttle (protects Redis; the tests use it to slow a backlog)
@@ -706,11 +695,9 @@ class DurableController:
     # ---------------------------------------------------------------------------------- durability
 
     def checkpoint(self) -> bool:
-        """Make everything so far durable: write every shard's changes in one fenced transaction (after
-        the write already in flight, if any); ``False`` when it did not land (it is retried)."""
+        """Make everything so far durable: write every shard's changes in one fenced transaction;
+        ``False`` when it did not land (the same bytes are sent again first by the next call)."""
         self._last_checkpoint = time.monotonic()
-        if not self._await_inflight():
-            return False
         if self._retry is not None:
             pw, self._retry = self._retry, None
             if not self._write_and_land(pw):
@@ -802,40 +789,6 @@ class DurableController:
                     if self.record_lag:
                         self.lag_samples.append(lag)
         self._landed_tuner.extend(pw.tuner)
-
-    def _await_inflight(self) -> bool:
-        """Wait for the write in flight (if any) and settle it; ``False`` when it was fenced."""
-        if self._inflight is None:
-            return True
-        fut, pw, t0 = self._inflight
-        self._inflight = None
-        try:
-            fut.result()
-        except Fenced as exc:
-            self._fenced(exc)
-            return False
-        except (RedisError, OSError) as exc:
-            self._write_failed(pw, exc)
-            return True  # the caller retries it
-        self._landed(pw, t0)
-        return True
-
-    def _checkpoint_in_background(self) -> None:
-        """``OUTER_CHECKPOINT_ASYNC``: the Redis write runs on a writer thread while this thread goes on
-        consuming; one write at a time, in order. A landed write's records are produced and its
-        offsets committed here; a failed one is retried (the same bytes) before anything newer."""
-        if self._inflight is not None:
-            if not self._inflight[0].done():
-                return
-            if not self._await_inflight():
-                return
-            self._after_landing()
-        if (time.monotonic() - self._last_checkpoint) * 1000 < self.s.outer_checkpoint_interval_ms:
-            return
-        self._last_checkpoint = time.monotonic()
-        pw, self._retry = (self._retry or self._take()), None
-        fut = self._writer.submit(self.state.checkpoint, [d for _, d, _, _ in pw.shards])
-        self._inflight = (fut, pw, time.perf_counter())
 
     @staticmethod
     def _batch_landed(shard: Shard, added: Any, rids: list[str], removed: list[str]) -> None:
