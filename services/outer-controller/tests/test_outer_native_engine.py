@@ -169,15 +169,18 @@ def fill(log: Log, seed: int, users: int, odd: bool = False) -> None:
     flush_ticks(log)
 
 
+@pytest.mark.parametrize("tuner", [True, False], ids=["tuner", "no-tuner"])
 @pytest.mark.parametrize(("stream", "kw"), SCENARIOS)
 def test_native_and_python_controllers_write_the_same_records_state_and_metrics(
-    rds: redis.Redis, stream: dict[str, Any], kw: dict[str, Any]
+    rds: redis.Redis, stream: dict[str, Any], kw: dict[str, Any], tuner: bool
 ) -> None:
+    """With a tuner the native controller builds each record in its own call (the tuner sees every
+    session); without one a shard's due sessions are closed and recorded in one native call."""
     py_log, nat_log = Log(), Log()
     fill(py_log, **stream)
     nat_log.data = py_log.data
-    py = make(py_log, rds, False, "py", **kw)
-    nat = make(nat_log, rds, True, "nat", **kw)
+    py = make(py_log, rds, False, "py", tuner=tuner, **kw)
+    nat = make(nat_log, rds, True, "nat", tuner=tuner, **kw)
     assert all(isinstance(s.window, SessionWindow) for s in py.shards.values())
     run(py, 400)
     run(nat, 400)

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 pub mod closed;
+pub mod emit;
 pub mod event;
 pub mod ingest;
 pub mod json;
@@ -71,6 +72,7 @@ fn parse_action_fields<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Option<Boun
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<closed::Closed>()?;
     m.add_class::<window::NativeWindow>()?;
+    m.add_function(wrap_pyfunction!(emit::close_records, m)?)?;
     m.add_function(wrap_pyfunction!(ingest::group_messages, m)?)?;
     m.add_function(wrap_pyfunction!(ingest::ingest_actions, m)?)?;
     m.add_function(wrap_pyfunction!(dumps_f64, m)?)?;

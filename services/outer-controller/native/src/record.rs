@@ -490,7 +490,7 @@ pub fn build_record(
 
 /// Dedupe the priorities as the dict they came from would be (a repeated key keeps its first place
 /// and its last value).
-fn dict_items(items: Vec<(String, f64)>) -> Vec<(String, f64)> {
+pub(crate) fn dict_items(items: Vec<(String, f64)>) -> Vec<(String, f64)> {
     let mut out: Vec<(String, f64)> = Vec::with_capacity(items.len());
     for (k, v) in items {
         match out.iter_mut().find(|(name, _)| *name == k) {
@@ -632,7 +632,7 @@ pub struct CreditHistogram {
 }
 
 impl CreditHistogram {
-    fn observe_all(&self, xs: &[f64]) {
+    pub(crate) fn observe_all(&self, xs: &[f64]) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for &x in xs {
             st.sum += x;

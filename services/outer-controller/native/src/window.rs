@@ -856,6 +856,17 @@ pub struct NativeWindow {
 }
 
 impl NativeWindow {
+    /// `close_due` without the Python objects (the batch record path, `emit::close_records`).
+    pub(crate) fn close_due_core(&mut self, now_ms: i64) -> Vec<ClosedCore> {
+        let clock = self.c.max_event_ms.max(now_ms);
+        advance(&mut self.users, &mut self.c, clock);
+        let mut out = std::mem::take(&mut self.c.closed);
+        if self.c.retain {
+            out.extend(emit_amendments(&mut self.users, &mut self.c, clock));
+        }
+        out
+    }
+
     /// `SessionWindow.add_action` for a parsed action.
     pub fn add(&mut self, ev: Arc<Action>, now_ms: i64) -> i64 {
         let (users, c) = (&mut self.users, &mut self.c);
@@ -1261,13 +1272,7 @@ impl NativeWindow {
     /// Close (and return) every due session, the sessions closed by `add_action` since, and amended
     /// revisions, in closing order (not re-sorted).
     fn close_due(&mut self, now_ms: i64) -> Vec<Closed> {
-        let clock = self.c.max_event_ms.max(now_ms);
-        advance(&mut self.users, &mut self.c, clock);
-        let mut out = std::mem::take(&mut self.c.closed);
-        if self.c.retain {
-            out.extend(emit_amendments(&mut self.users, &mut self.c, clock));
-        }
-        Self::closed_list(out)
+        Self::closed_list(self.close_due_core(now_ms))
     }
 
     /// Close every open session regardless of the gap; sorted by (end_ms, session_key, revision).
@@ -1330,7 +1335,7 @@ impl NativeWindow {
     }
 
     /// Remember revision 0's reward baseline on the retained session `key_ms` of `user_id`.
-    fn set_baseline(&mut self, user_id: &str, key_ms: i64, baseline: f64) {
+    pub(crate) fn set_baseline(&mut self, user_id: &str, key_ms: i64, baseline: f64) {
         let (users, c) = (&mut self.users, &mut self.c);
         if let Some(e) = users.get_mut(user_id) {
             let mut hit = false;

@@ -45,7 +45,7 @@ from redis.exceptions import RedisError
 from rewardloop_common.events import SessionRecord, SessionTuner
 from rewardloop_common.kpi_priorities import KPI_PRIORITIES_KEY
 from rewardloop_common.logging import get_logger
-from rewardloop_outer_native import group_messages, ingest_actions, session_record
+from rewardloop_outer_native import close_records, group_messages, ingest_actions, session_record
 
 from .business_reward import DEFAULT_PRIORITIES, KappaSchedule, ema_update
 from .credit import CreditAssigner
@@ -537,7 +537,11 @@ class DurableController:
             # was taken before revision 0's tuner and baseline were stored on the session: take them from here
             fresh_tuners: dict[str, SessionTuner] = {}
             fresh_baselines: dict[str, float] = {}
-            for closed in w.close_due(now_ms):
+            if shard.core is not None and self.tuner is None and self.on_record is None:
+                closed_list = self._close_native(shard, now_ms, fresh_baselines)
+            else:
+                closed_list = w.close_due(now_ms)
+            for closed in closed_list:
                 if closed.revision > 0 and closed.baseline is None:
                     skey = closed.session_key
                     if skey in fresh_baselines:
@@ -557,6 +561,41 @@ class DurableController:
             for late in w.drain_late():
                 self._emit_late(shard, late, f"l:{late.kind}:{late.event_id}")
         self.metrics.open_sessions.set(sum(s.window.open_count for s in self.shards.values()))
+
+    def _close_native(self, shard: Shard, now_ms: int, fresh_baselines: dict[str, float]) -> list[Any]:
+        """The native window's due sessions and their records in one native call (no tuner, and
+        discounted credit: per session, nothing here needs Python); the sessions it leaves (from the
+        first unusual one on, or all with a credit model loaded) go through :meth:`_emit`."""
+        ctx = self.ctx
+        if ctx.credit.model is not None:
+            return shard.window.close_due(now_ms)  # type: ignore[return-value]
+        m, k = self.metrics, ctx.kappa
+        records, points, n_sessions, n_amended, rest, fresh = close_records(
+            shard.core,
+            now_ms,
+            ctx.gamma,
+            (k.initial, k.final, k.anneal_ms, k.anchor_ms, ctx.kappa_override),
+            list(ctx.priorities.items()),
+            shard.baselines,
+            ctx.baseline_alpha,
+            ctx.credit.name,
+            m.step_credit_native,
+            m.business_reward_native,
+        )
+        topic, outbox, new = self.s.kafka_topic_sessions, shard.outbox, shard.outbox_new
+        for rid, user, value in records:
+            outbox[rid] = (topic, user.encode(), value)
+            new.add(rid)
+        if n_sessions:
+            m.sessions_closed.inc(n_sessions)
+            m.observe_credit(ctx.credit.name, (), n_sessions)
+        if n_amended:
+            m.amendments.inc(n_amended)
+        add_point = self.tradeoff.add_point
+        for p in points:
+            add_point(*p)
+        fresh_baselines.update(fresh)
+        return [NativeClosed(c) for c in rest]
 
     def _emit(
         self,

@@ -46,12 +46,13 @@ class OuterMetrics:
             "KPI events for users without an open session.",
             registry=r,
         )
-        self.business_reward = Histogram(
+        self.business_reward = NativeHistogram(
             "rewardloop_outer_business_reward",
             "Business reward per closed session.",
             buckets=(-5, -2, -1, 0, 0.5, 1, 1.5, 2, 3, 4, 5),
             registry=r,
         )
+        self.business_reward_native = self.business_reward.native
         # credit stats: which shares split each session's advantage, and how large per-step credits are
         self.sessions_credited = Counter(
             "rewardloop_outer_sessions_credited_total",
@@ -221,8 +222,8 @@ class OuterMetrics:
         )
         self.build_info.labels(version=__version__, python=platform.python_version()).set(1)
 
-    def observe_credit(self, credit_model: str | None, credits: list[float]) -> None:
-        """One closed session's credit model (``discounted`` or ``gated-attention:v<N>``) and step credits."""
+    def observe_credit(self, credit_model: str | None, credits: Any, sessions: int = 1) -> None:
+        """Closed sessions' credit model (``discounted`` or ``gated-attention:v<N>``) and step credits."""
         name = credit_model or "discounted"
         # the labelled child and the version per model name, resolved once (once per closed session)
         resolved = self._credited.get(name)
@@ -233,7 +234,7 @@ class OuterMetrics:
                 int(version) if version.isdigit() else 0,
             )
         child, version_n = resolved
-        child.inc()
+        child.inc(sessions)
         self.credit_model_version.set(version_n)
         for c in credits:
             self.step_credit.observe(c)

@@ -1,0 +1,126 @@
+//! Closing a shard's due sessions and building their records in one call: what the engine's
+//! `close_due` loop does per session (`DurableController._emit` for the native window without a tuner
+//! and with discounted credit), without a Python round trip per session. A session the native record
+//! path cannot decide (see `record::build_record`) stops the batch: it and the sessions after it go
+//! back to the Python loop, in order, with the baselines computed so far.
+
+use crate::closed::{Closed, ClosedCore};
+use crate::record::{build_record, dict_items, CreditHistogram};
+use crate::window::NativeWindow;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+/// `KappaSchedule.at(t_ms, override)`; `None` where f64 arithmetic could differ from CPython's
+/// (integers beyond 2^53).
+fn kappa_at(
+    t_ms: i64,
+    (k0, k1, anneal_ms, anchor_ms, over): (f64, f64, i64, i64, Option<f64>),
+) -> Option<f64> {
+    if let Some(o) = over {
+        // min(1.0, max(0.0, o)) with Python's argument order (a NaN stays out)
+        let m = if o > 0.0 { o } else { 0.0 };
+        return Some(if m < 1.0 { m } else { 1.0 });
+    }
+    let frac = if anchor_ms != 0 {
+        let d = t_ms.checked_sub(anchor_ms)?;
+        const EXACT: i64 = 1 << 53;
+        if d.abs() > EXACT || anneal_ms.abs() > EXACT {
+            return None;
+        }
+        let q = d as f64 / anneal_ms as f64;
+        let m = if q > 0.0 { q } else { 0.0 };
+        if m < 1.0 {
+            m
+        } else {
+            1.0
+        }
+    } else {
+        0.0
+    };
+    Some(k0 + (k1 - k0) * frac)
+}
+
+/// Close the due sessions of `window` and build their records.
+///
+/// Arguments as `session_record`, plus: `kappa` = the schedule `(initial, final, anneal_ms,
+/// anchor_ms, override)`, `baselines` = the shard's segment -> EMA dict (updated for revision 0 with
+/// `alpha`), `business_hist` = where revision 0's business rewards are observed.
+/// Returns `(records, points, n_sessions, n_amendments, rest, fresh)`: `records` = `(record id,
+/// user_id, value)`; `points` = the trade-off points `(max weights_version, explore_action, clicks,
+/// dwell, business value)` of revision-0 sessions; `rest` = the closed sessions left to the Python
+/// path (in order); `fresh` = session_key -> baseline of the revision-0 sessions done here.
+#[pyfunction]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn close_records<'py>(
+    py: Python<'py>,
+    window: &Bound<'py, NativeWindow>,
+    now_ms: i64,
+    gamma: f64,
+    kappa: (f64, f64, i64, i64, Option<f64>),
+    priorities: Vec<(String, f64)>,
+    baselines: &Bound<'py, PyDict>,
+    alpha: f64,
+    credit_model: &str,
+    credit_hist: &Bound<'py, CreditHistogram>,
+    business_hist: &Bound<'py, CreditHistogram>,
+) -> PyResult<(
+    Bound<'py, PyList>,
+    Vec<(i64, Option<i64>, f64, f64, f64)>,
+    u64,
+    u64,
+    Vec<Closed>,
+    Bound<'py, PyDict>,
+)> {
+    let priorities = dict_items(priorities);
+    let mut w = window.borrow_mut();
+    let closed = w.close_due_core(now_ms);
+    let records = PyList::empty(py);
+    let mut points = Vec::new();
+    let fresh = PyDict::new(py);
+    let (mut n0, mut n1) = (0u64, 0u64);
+    let mut rest = Vec::new();
+    let mut it = closed.into_iter();
+    while let Some(mut c) = it.next() {
+        let skey = c.session_key();
+        if c.revision > 0 && c.baseline.is_none() {
+            if let Some(b) = fresh.get_item(&skey)? {
+                c.baseline = Some(b.extract()?);
+            }
+        }
+        let seg = c.segment.as_str();
+        let base: Option<f64> = match c.baseline {
+            Some(b) if c.revision > 0 => Some(b),
+            _ => match baselines.get_item(seg)? {
+                Some(v) => Some(v.extract()?),
+                None => None,
+            },
+        };
+        let out = kappa_at(c.end_ms, kappa)
+            .and_then(|k| build_record(&c, gamma, k, &priorities, base, None, credit_model, None));
+        let Some(r) = out else {
+            rest.push(Closed { core: c });
+            rest.extend(it.map(|core: ClosedCore| Closed { core }));
+            break;
+        };
+        if c.revision == 0 {
+            let ema = match base {
+                None => r.blended,
+                Some(b) => (1.0 - alpha) * b + alpha * r.blended,
+            };
+            baselines.set_item(seg, ema)?;
+            let key_ms = if c.key_ms != 0 { c.key_ms } else { c.start_ms };
+            w.set_baseline(&c.user_id, key_ms, r.baseline);
+            fresh.set_item(&skey, r.baseline)?;
+            credit_hist.get().observe_all(&r.credits);
+            business_hist.get().observe_all(&[r.business_reward]);
+            let first = c.actions.first().and_then(|a| a.explore_action());
+            points.push((r.max_weights_version, first, r.clicks, r.dwell, r.value));
+            n0 += 1;
+        } else {
+            n1 += 1;
+        }
+        let rid = format!("s:{}:{}", skey, c.revision);
+        records.append((rid, &*c.user_id, PyBytes::new(py, &r.json)))?;
+    }
+    Ok((records, points, n0, n1, rest, fresh))
+}
