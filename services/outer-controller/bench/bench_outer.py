@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import subprocess
 import time
 import uuid
@@ -113,7 +114,10 @@ def controller(bootstrap: str, redis_url: str, topic: str, kpi: str, native: boo
 
 
 def produce(bootstrap: str, topic: str, evs: list[tuple[str, bytes]], rate: float = 0.0) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.size": 1_000_000})
+    # lz4 batches, as the scorer's telemetry producer writes recsys.reward.raw (services/inner-reward-rs)
+    p = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.size": 1_000_000, "compression.type": "lz4"}
+    )
     t0 = time.monotonic()
     for i, (k, v) in enumerate(evs):
         while True:
@@ -159,6 +163,10 @@ def main() -> int:
     native = a.impl == "native"
     env = {**os.environ, **ENV}
     subprocess.run(["bash", str(REPO / "deploy/local/stop.sh")], env=env, check=False, capture_output=True)
+    # a fresh broker and Redis every run: state left by earlier runs (GBs of topics, an append-only file
+    # Redis reloads at start) made runs slower one after the other
+    for sub in ("redis", "kafka-data"):
+        shutil.rmtree(Path(ENV["RUN_DIR"]) / sub, ignore_errors=True)
     started = subprocess.run(
         ["bash", str(REPO / "deploy/local/start.sh")], env=env, capture_output=True, text=True
     )

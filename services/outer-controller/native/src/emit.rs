@@ -72,55 +72,131 @@ pub fn close_records<'py>(
     Bound<'py, PyDict>,
 )> {
     let priorities = dict_items(priorities);
-    let mut w = window.borrow_mut();
-    let closed = w.close_due_core(now_ms);
+    // the shard's baselines as (insertion-ordered) pairs: written back in the dict's order, new
+    // segments appended as Python's dict would
+    let mut base_map: Vec<(String, f64)> = Vec::with_capacity(baselines.len());
+    for (k, v) in baselines.iter() {
+        base_map.push((k.extract()?, v.extract()?));
+    }
+    let (ch, bh) = (credit_hist.get(), business_hist.get());
+    let mut guard = window.borrow_mut();
+    let w: &mut NativeWindow = &mut guard;
+    // without the GIL (another thread can consume meanwhile)
+    let b = py.detach(move || {
+        close_batch(
+            w,
+            now_ms,
+            gamma,
+            kappa,
+            &priorities,
+            base_map,
+            alpha,
+            credit_model,
+            ch,
+            bh,
+        )
+    });
+    for (k, v) in &b.baselines {
+        baselines.set_item(k, *v)?;
+    }
     let records = PyList::empty(py);
-    let mut points = Vec::new();
+    for (rid, user, json) in &b.records {
+        records.append((rid, &**user, PyBytes::new(py, json)))?;
+    }
     let fresh = PyDict::new(py);
-    let (mut n0, mut n1) = (0u64, 0u64);
-    let mut rest = Vec::new();
+    for (k, v) in &b.fresh {
+        fresh.set_item(k, *v)?;
+    }
+    let rest = b.rest.into_iter().map(|core| Closed { core }).collect();
+    Ok((records, b.points, b.n0, b.n1, rest, fresh))
+}
+
+struct Batch {
+    records: Vec<(String, std::sync::Arc<str>, Vec<u8>)>,
+    points: Vec<(i64, Option<i64>, f64, f64, f64)>,
+    n0: u64,
+    n1: u64,
+    rest: Vec<ClosedCore>,
+    fresh: Vec<(String, f64)>,
+    baselines: Vec<(String, f64)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn close_batch(
+    w: &mut NativeWindow,
+    now_ms: i64,
+    gamma: f64,
+    kappa: (f64, f64, i64, i64, Option<f64>),
+    priorities: &[(String, f64)],
+    mut baselines: Vec<(String, f64)>,
+    alpha: f64,
+    credit_model: &str,
+    credit_hist: &CreditHistogram,
+    business_hist: &CreditHistogram,
+) -> Batch {
+    let closed = w.close_due_core(now_ms);
+    let mut b = Batch {
+        records: Vec::with_capacity(closed.len()),
+        points: Vec::new(),
+        n0: 0,
+        n1: 0,
+        rest: Vec::new(),
+        fresh: Vec::new(),
+        baselines: Vec::new(),
+    };
+    let mut fresh: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
     let mut it = closed.into_iter();
     while let Some(mut c) = it.next() {
         let skey = c.session_key();
         if c.revision > 0 && c.baseline.is_none() {
-            if let Some(b) = fresh.get_item(&skey)? {
-                c.baseline = Some(b.extract()?);
+            if let Some(&f) = fresh.get(&skey) {
+                c.baseline = Some(f);
             }
         }
         let seg = c.segment.as_str();
+        let slot = baselines.iter().position(|(k, _)| k == seg);
         let base: Option<f64> = match c.baseline {
-            Some(b) if c.revision > 0 => Some(b),
-            _ => match baselines.get_item(seg)? {
-                Some(v) => Some(v.extract()?),
-                None => None,
-            },
+            Some(v) if c.revision > 0 => Some(v),
+            _ => slot.map(|i| baselines[i].1),
         };
         let out = kappa_at(c.end_ms, kappa)
-            .and_then(|k| build_record(&c, gamma, k, &priorities, base, None, credit_model, None));
+            .and_then(|k| build_record(&c, gamma, k, priorities, base, None, credit_model, None));
         let Some(r) = out else {
-            rest.push(Closed { core: c });
-            rest.extend(it.map(|core: ClosedCore| Closed { core }));
+            b.rest.push(c);
+            b.rest.extend(it);
             break;
         };
         if c.revision == 0 {
             let ema = match base {
                 None => r.blended,
-                Some(b) => (1.0 - alpha) * b + alpha * r.blended,
+                Some(v) => (1.0 - alpha) * v + alpha * r.blended,
             };
-            baselines.set_item(seg, ema)?;
+            match slot {
+                Some(i) => baselines[i].1 = ema,
+                None => baselines.push((seg.to_string(), ema)),
+            }
             let key_ms = if c.key_ms != 0 { c.key_ms } else { c.start_ms };
             w.set_baseline(&c.user_id, key_ms, r.baseline);
-            fresh.set_item(&skey, r.baseline)?;
-            credit_hist.get().observe_all(&r.credits);
-            business_hist.get().observe_all(&[r.business_reward]);
+            if fresh.insert(skey.clone(), r.baseline).is_none() {
+                b.fresh.push((skey.clone(), r.baseline));
+            } else if let Some(e) = b.fresh.iter_mut().find(|(k, _)| *k == skey) {
+                e.1 = r.baseline;
+            }
+            credit_hist.observe_all(&r.credits);
+            business_hist.observe_all(&[r.business_reward]);
             let first = c.actions.first().and_then(|a| a.explore_action());
-            points.push((r.max_weights_version, first, r.clicks, r.dwell, r.value));
-            n0 += 1;
+            b.points
+                .push((r.max_weights_version, first, r.clicks, r.dwell, r.value));
+            b.n0 += 1;
         } else {
-            n1 += 1;
+            b.n1 += 1;
         }
-        let rid = format!("s:{}:{}", skey, c.revision);
-        records.append((rid, &*c.user_id, PyBytes::new(py, &r.json)))?;
+        b.records.push((
+            format!("s:{}:{}", skey, c.revision),
+            c.user_id.clone(),
+            r.json,
+        ));
     }
-    Ok((records, points, n0, n1, rest, fresh))
+    b.baselines = baselines;
+    b
 }

@@ -69,37 +69,55 @@ pub fn ingest_actions(
     lag_every: u64,
 ) -> PyResult<(usize, i64, u64, [u64; 6], Vec<i64>)> {
     let py = window.py();
-    let mut w = window.borrow_mut();
-    let mut next = next_offset;
-    let mut applied: u64 = 0;
-    let mut counts = [0u64; 6];
-    let mut lag_ts = Vec::new();
+    // 1. with the GIL: each message's offset, a copy of its value (the window keeps one anyway) and,
+    //    for the sampled ones, the Kafka timestamp; stop at a message without a bytes value
     let n = msgs.len();
-    let mut i = start;
-    while i < n {
+    let mut batch: Vec<(usize, i64, Vec<u8>, Option<i64>)> =
+        Vec::with_capacity(n.saturating_sub(start));
+    let mut next = next_offset;
+    let mut stop = n;
+    for i in start..n {
         let m = msgs.get_item(i)?;
         let off: i64 = m.call_method0(intern!(py, "offset"))?.extract()?;
         if off < next {
-            i += 1;
-            continue;
+            continue; // already in the state
         }
         let value = m.call_method0(intern!(py, "value"))?;
         let Ok(raw) = value.cast::<PyBytes>() else {
-            break; // None (or not bytes): the Python path reports it
+            stop = i; // None (or not bytes): the Python path reports it
+            break;
         };
-        let Some(a) = event::parse_action(raw.as_bytes()) else {
-            break; // not the common shape: the Python path validates it
+        let k = batch.len() as u64 + 1;
+        let ts = if lag_every <= 1 || k % lag_every == 1 {
+            let (kind, t): (i64, i64) = m.call_method0(intern!(py, "timestamp"))?.extract()?;
+            Some(if kind != 0 { t } else { 0 })
+        } else {
+            None
         };
-        let code = w.add(Arc::new(a), now_ms);
+        batch.push((i, off, raw.as_bytes().to_vec(), ts));
         next = off + 1;
-        applied += 1;
-        counts[code as usize] += 1;
-        if lag_every <= 1 || applied % lag_every == 1 {
-            let ts = m.call_method0(intern!(py, "timestamp"))?;
-            let (kind, t): (i64, i64) = ts.extract()?;
-            lag_ts.push(if kind != 0 { t } else { 0 });
-        }
-        i += 1;
     }
-    Ok((i, next, applied, counts, lag_ts))
+    // 2. without the GIL (another thread can consume meanwhile): parse and apply, in order, up to the
+    //    first record the native parser declines
+    let mut guard = window.borrow_mut();
+    let w: &mut NativeWindow = &mut guard;
+    let (stop, next, applied, counts, lag_ts) = py.detach(move || {
+        let mut next = next_offset;
+        let mut applied = 0u64;
+        let mut counts = [0u64; 6];
+        let mut lag_ts = Vec::new();
+        for (i, off, raw, ts) in batch {
+            let Some(a) = event::parse_action(&raw) else {
+                return (i, next, applied, counts, lag_ts); // the Python path validates it
+            };
+            counts[w.add(Arc::new(a), now_ms) as usize] += 1;
+            next = off + 1;
+            applied += 1;
+            if let Some(t) = ts {
+                lag_ts.push(t);
+            }
+        }
+        (stop, next, applied, counts, lag_ts)
+    });
+    Ok((stop, next, applied, counts, lag_ts))
 }

@@ -1370,46 +1370,12 @@ impl NativeWindow {
     fn delta<'py>(&mut self, py: Python<'py>, users: Option<Vec<String>>) -> Bound<'py, PyBytes> {
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
-        let one = |user: &str, out: &mut Vec<u8>| {
-            if !out.is_empty() {
-                out.push(b'\n');
-            }
-            match self.users.get(user) {
-                Some(e) if e.has_state() => {
-                    if e.rewrite {
-                        out.extend_from_slice(b"[\"f\",");
-                        json::write_str(out, user);
-                        out.extend_from_slice(b"]\n");
-                        full_lines(out, e);
-                    } else {
-                        header_line(out, user, e.open.as_deref(), &e.retained);
-                        let mut sid = 0;
-                        for l in &e.appended {
-                            let (kind, raw) = match l {
-                                Line::Sid(s) => {
-                                    sid = *s;
-                                    continue;
-                                }
-                                Line::A(a) => (b'a', a.raw()),
-                                Line::K(k) => (b'k', &k.raw[..]),
-                            };
-                            out.push(b'\n');
-                            event_line(out, kind, user, sid, raw);
-                        }
-                    }
-                }
-                _ => {
-                    out.extend_from_slice(b"[\"d\",");
-                    json::write_str(out, user);
-                    out.push(b']');
-                }
-            }
-        };
-        // every line is non-empty: `out.is_empty()` tells whether a separator is needed
-        match users {
-            Some(us) => us.iter().for_each(|u| one(u, &mut out)),
-            None => self.c.dirty.iter().for_each(|u| one(u, &mut out)),
-        }
+        // the lines are written without the GIL (another thread can consume meanwhile)
+        let this = &*self;
+        let out = py.detach(move || {
+            delta_lines(this, users, &mut out);
+            out
+        });
         let blob = PyBytes::new(py, &out);
         self.scratch = out;
         blob
@@ -1655,5 +1621,49 @@ impl NativeWindow {
     #[getter]
     fn retain(&self) -> bool {
         self.c.retain
+    }
+}
+
+/// The lines of `NativeWindow.delta` (see there), appended to `out`.
+fn delta_lines(win: &NativeWindow, users: Option<Vec<String>>, out: &mut Vec<u8>) {
+    let one = |user: &str, out: &mut Vec<u8>| {
+        if !out.is_empty() {
+            out.push(b'\n');
+        }
+        match win.users.get(user) {
+            Some(e) if e.has_state() => {
+                if e.rewrite {
+                    out.extend_from_slice(b"[\"f\",");
+                    json::write_str(out, user);
+                    out.extend_from_slice(b"]\n");
+                    full_lines(out, e);
+                } else {
+                    header_line(out, user, e.open.as_deref(), &e.retained);
+                    let mut sid = 0;
+                    for l in &e.appended {
+                        let (kind, raw) = match l {
+                            Line::Sid(s) => {
+                                sid = *s;
+                                continue;
+                            }
+                            Line::A(a) => (b'a', a.raw()),
+                            Line::K(k) => (b'k', &k.raw[..]),
+                        };
+                        out.push(b'\n');
+                        event_line(out, kind, user, sid, raw);
+                    }
+                }
+            }
+            _ => {
+                out.extend_from_slice(b"[\"d\",");
+                json::write_str(out, user);
+                out.push(b']');
+            }
+        }
+    };
+    // every line is non-empty: `out.is_empty()` tells whether a separator is needed
+    match users {
+        Some(us) => us.iter().for_each(|u| one(u, out)),
+        None => win.c.dirty.iter().for_each(|u| one(u, out)),
     }
 }
