@@ -106,7 +106,7 @@ def controller(bootstrap: str, redis_url: str, topic: str, kpi: str, native: boo
         s,
         consumer,
         producer,
-        RedisStateStore(rds, group),
+        RedisStateStore(rds, group, s.outer_state_compression),
         None,
         OuterMetrics(CollectorRegistry()),
         max_batch=10_000,
