@@ -17,28 +17,9 @@ import pytest
 import rewardloop_outer_native as native
 from rewardloop_common.kafka import encode_json
 from rewardloop_common.testing import make_reward_event
-from rewardloop_outer.fastevents import _fast_action
+from rewardloop_outer.fastevents import Action, _fast_action
 
-FIELDS = (
-    "event_id",
-    "request_id",
-    "user_id",
-    "item_id",
-    "position",
-    "event_time_ms",
-    "clicked",
-    "dwell_seconds",
-    "skipped",
-    "predicted_relevance",
-    "behavior_propensity",
-    "segment",
-    "reward",
-    "weights_version",
-    "explore_action",
-    "explore_probability",
-    "exploration_version",
-    "raw",
-)
+FIELDS = Action.__slots__  # every field of the Python fast path's event, raw included
 
 
 def python_fields(raw: bytes) -> dict | None:

@@ -51,6 +51,7 @@ from .business_reward import DEFAULT_PRIORITIES, KappaSchedule, ema_update
 from .credit import CreditAssigner
 from .fastevents import parse_action, parse_kpi
 from .metrics import OuterMetrics
+from .native_window import RESULTS as _RESULTS
 from .native_window import NativeClosed, NativeSessionWindow
 from .records import RewardContext, compute_record, record_json
 from .session_window import AddResult, ClosedSession, LateEvent, SessionWindow
@@ -115,16 +116,6 @@ class Shard:
 #: this many (reading each record's timestamp costs measurable time at 10^4 events/s);
 #: ``DurableController.lag_sample_every`` overrides it (the benchmark samples one in 8).
 LAG_SAMPLE_EVERY = 64
-
-#: the native window's result codes (``NativeWindow.add_action_raw``) as :class:`AddResult`
-_RESULTS = (
-    AddResult.ADDED,
-    AddResult.DUPLICATE,
-    AddResult.UNATTRIBUTED,
-    AddResult.AMENDED,
-    AddResult.PENDING,
-    AddResult.LATE,
-)
 
 
 @dataclass
