@@ -26,7 +26,6 @@ yet is produced again, byte-identical: consumers de-duplicate on ``(session_key,
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import math
@@ -89,7 +88,6 @@ class Shard:
     ingest_ts: list[int] = field(default_factory=list)  # Kafka timestamps since the last checkpoint
     log_bytes: int = 0  # size of the state's delta log since its last snapshot
     snap_dirty: set[str] = field(default_factory=set)  # users changed since the last snapshot
-    durable_offsets: dict[str, int] = field(default_factory=dict)  # the offsets of the last landed write
 
     @property
     def core(self) -> Any:
@@ -98,7 +96,7 @@ class Shard:
 
     def meta(self) -> dict[str, Any]:
         w = self.window
-        return {  # copies: a write on the checkpoint thread serialises it while this thread goes on
+        return {  # copies: a failed write is sent again later, with the offsets of when it was taken
             "offsets": dict(self.offsets),
             "max_event_ms": w.max_event_ms,
             "baselines": dict(self.baselines),
@@ -121,10 +119,9 @@ LAG_SAMPLE_EVERY = 64
 @dataclass
 class _PendingWrite:
     """One checkpoint's payload, taken from the shards: per shard its delta, the ids in its new outbox
-    batch and the sampled record timestamps; and the records for the tuner."""
+    batch and the sampled record timestamps."""
 
     shards: list[tuple[Shard, ShardDelta, list[str], list[int]]] = field(default_factory=list)
-    tuner: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +224,7 @@ class DurableController:
         self._lock = threading.Lock()  # delivery callbacks run inside poll()/flush() on this thread
         self._last_checkpoint = 0.0
         self._last_priorities = -math.inf
-        self._tuner_queue: list[bytes] = []  # revision-0 records for the tuner (not checkpointed yet)
-        self._landed_tuner: list[bytes] = []  # ... and those whose checkpoint landed
+        self._tuner_queue: list[bytes] = []  # revision-0 records for the tuner (fed once checkpointed)
         self._retry: _PendingWrite | None = None  # a write that failed: sent again before anything newer
         self._queues: dict[tuple[str, int], deque[Any]] = {}
         self._paused: set[tuple[str, int]] = set()
@@ -485,17 +481,10 @@ class DurableController:
             if value is None:
                 raise ValueError("empty record value")
             if topic == self.reward_topic:
-                core = shard.core
-                if core is None:
-                    result = w.add_action(parse_action(value), now_ms)
+                if isinstance(w, NativeSessionWindow):
+                    result = w.add_action_raw(value, now_ms)  # native parse; the Python path for the rest
                 else:
-                    # the common shape is parsed natively (-1: anything else; the Python path validates)
-                    code = core.add_action_raw(value, now_ms)
-                    if code < 0:
-                        code = core.add_action(parse_action(value), now_ms)
-                    if code == 0:
-                        return True
-                    result = _RESULTS[code]
+                    result = w.add_action(parse_action(value), now_ms)
             elif topic == self.kpi_topic:
                 result = w.add_kpi(parse_kpi(value), now_ms)
             else:
@@ -537,11 +526,7 @@ class DurableController:
                 if closed.revision > 0 and closed.baseline is None:
                     skey = closed.session_key
                     if skey in fresh_baselines:
-                        b = fresh_baselines[skey]
-                        if isinstance(closed, NativeClosed):
-                            closed = closed.with_baseline(b)
-                        else:
-                            closed = dataclasses.replace(closed, baseline=b)
+                        closed = closed.with_baseline(fresh_baselines[skey])
                 try:
                     self._emit(shard, closed, fresh_tuners, fresh_baselines)
                 except (ValidationError, ValueError, OverflowError) as exc:
@@ -738,8 +723,7 @@ class DurableController:
     def _take(self) -> _PendingWrite:
         """Take every shard's changes since the last take (the windows start tracking afresh): the
         write is retried with these same bytes until it lands or the shard is fenced."""
-        pw = _PendingWrite(tuner=self._tuner_queue)
-        self._tuner_queue = []
+        pw = _PendingWrite()
         log_max = self.s.outer_state_log_max_bytes
         with self._lock:
             for shard in self.shards.values():
@@ -813,13 +797,11 @@ class DurableController:
         with self._lock:
             for shard, d, rids, ingest_ts in pw.shards:
                 self._batch_landed(shard, d.outbox_set.keys(), rids, d.outbox_del)
-                shard.durable_offsets = d.meta["offsets"]
                 for ts in ingest_ts:
                     lag = done_ms - ts
                     self.metrics.state_lag.observe(lag / 1000)
                     if self.record_lag:
                         self.lag_samples.append(lag)
-        self._landed_tuner.extend(pw.tuner)
 
     @staticmethod
     def _batch_landed(shard: Shard, added: Any, rids: list[str], removed: list[str]) -> None:
@@ -841,7 +823,7 @@ class DurableController:
         self._after_landing()
 
     def _after_landing(self) -> None:
-        """Produce the landed outbox records, commit the durable offsets, feed the tuner."""
+        """Produce the landed outbox records, commit the offsets (all durable now), feed the tuner."""
         for shard in list(self.shards.values()):
             for rid in [r for r in shard.outbox if r not in shard.in_flight and r not in shard.outbox_new]:
                 self._produce(shard, rid)
@@ -883,7 +865,7 @@ class DurableController:
         tps = [
             TopicPartition(topic, shard.partition, off)
             for shard in self.shards.values()
-            for topic, off in shard.durable_offsets.items()
+            for topic, off in shard.offsets.items()
         ]
         if not tps:
             return
@@ -929,7 +911,6 @@ class DurableController:
             w,
             snap.epoch,
             offsets=dict(meta.get("offsets", {})),
-            durable_offsets=dict(meta.get("offsets", {})),
             baselines=dict(meta.get("baselines", {})),
             log_bytes=snap.log_bytes,
             # the log's users are not in the snapshot yet: the next compaction must include them
@@ -1011,7 +992,7 @@ class DurableController:
         self.ctx.priorities, self.ctx.kappa_override = pr, override
 
     def _feed_tuner(self) -> None:
-        queue, self._landed_tuner = self._landed_tuner, []
+        queue, self._tuner_queue = self._tuner_queue, []
         if self.tuner is None:
             return
         for raw in queue:

@@ -56,6 +56,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections import deque
 from collections.abc import Iterable
@@ -155,6 +156,10 @@ class ClosedSession:
     @property
     def session_key(self) -> str:
         return session_key(self.user_id, self.key_ms or self.start_ms)
+
+    def with_baseline(self, baseline: float | None) -> ClosedSession:
+        """A copy with another baseline (``NativeClosed.with_baseline`` is the native twin)."""
+        return dataclasses.replace(self, baseline=baseline)
 
 
 @dataclass(frozen=True)
