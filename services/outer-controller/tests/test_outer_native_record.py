@@ -20,9 +20,10 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client import metrics as prom_metrics
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from pydantic import ValidationError
+from test_outer_fastpaths import TUNERS
 
 import rewardloop_outer_native as native
-from rewardloop_common.events import KpiEvent, SessionRecord, SessionTuner
+from rewardloop_common.events import KpiEvent, SessionRecord
 from rewardloop_outer import records
 from rewardloop_outer.business_reward import DEFAULT_PRIORITIES, KappaSchedule, ema_update
 from rewardloop_outer.credit import CreditAssigner, discounted_shares
@@ -38,19 +39,6 @@ CREDIT_NAME = "rewardloop_outer_step_credit"
 CREDIT_DOC = "Per-step credit (share x session advantage) written into recsys.sessions."
 CREDIT_BUCKETS = (-2, -1, -0.5, -0.2, -0.05, 0, 0.05, 0.2, 0.5, 1, 2)
 
-TUNERS: list[SessionTuner | None] = [
-    None,
-    SessionTuner(action=[4, 2, 3], propensity=1.0, explore=False),
-    SessionTuner(
-        action=[1, 2, 3],
-        propensity=0.005,
-        explore=True,
-        explore_action=123,
-        exploration_version=2,
-        logged=True,
-    ),
-    SessionTuner.model_validate({"action": [0, 0, 9], "propensity": 1, "logged": True}),  # int -> float
-]
 ODD_CHARS = ['"', "\\", "\x01", "\x1f", "\t", "\b", "\f", "/", "é", "ß", "😀", "\u2028", "\x7f", "中", "<"]
 
 

@@ -36,6 +36,18 @@ _REFERENCE_TESTS = [
 ]
 
 
+#: the window's counters (restored from the shard meta by the engine, so settable too)
+COUNTERS = (
+    "max_event_ms",
+    "duplicates",
+    "late_actions",
+    "too_late_actions",
+    "unattributed_kpis",
+    "amendments",
+    "kpis_pending",
+)
+
+
 @pytest.mark.parametrize(
     ("mod", "fn"), [(m, f) for m, _, f in _REFERENCE_TESTS], ids=[n for _, n, _ in _REFERENCE_TESTS]
 )
@@ -191,18 +203,7 @@ class Pair:
     def check(self) -> None:
         py, nw = self.py, self.nw
         self.steps += 1
-        for name in (
-            "max_event_ms",
-            "duplicates",
-            "late_actions",
-            "too_late_actions",
-            "unattributed_kpis",
-            "amendments",
-            "kpis_pending",
-            "open_count",
-            "retained_count",
-            "pending_kpi_count",
-        ):
+        for name in (*COUNTERS, "open_count", "retained_count", "pending_kpi_count"):
             assert getattr(py, name) == getattr(nw, name), name
         assert py.dirty == nw.dirty
         assert len(py._open_due) == nw.core.due_len()  # the same queue entries, stale ones included
@@ -277,15 +278,7 @@ class Pair:
             nw3 = NativeSessionWindow(self.gap, **self.kw)  # type: ignore[arg-type]
             assert nw3.restore(py_blobs) == len(users)
             assert [nw3.user_state(u) for u in users] == [py.user_state(u) for u in users]
-        for name in (
-            "max_event_ms",
-            "duplicates",
-            "late_actions",
-            "too_late_actions",
-            "unattributed_kpis",
-            "amendments",
-            "kpis_pending",
-        ):
+        for name in COUNTERS:
             setattr(py2, name, getattr(py, name))
             setattr(nw2, name, getattr(nw, name))
         for u in users:
