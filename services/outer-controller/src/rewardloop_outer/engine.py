@@ -295,7 +295,7 @@ class DurableController:
         self.ctx.credit.maybe_reload(t0)
         rate = self.s.outer_max_records_per_second
         n = self.max_batch if not rate else max(1, min(self.max_batch, rate // 10))
-        msgs = self.consumer.consume(num_messages=n, timeout=self.poll_timeout)
+        msgs = self._consume(n)
         # by (topic, partition), natively (a few method calls per message); records already in the
         # state are skipped when applied (handle / ingest_actions compare with the shard's offsets)
         groups, errors = group_messages(msgs)
@@ -329,6 +329,21 @@ class DurableController:
         if rate and msgs:  # catch-up throttle (protects Redis; the tests use it to slow a backlog)
             time.sleep(max(0.0, len(msgs) / rate - (time.monotonic() - t0)))
         return handled
+
+    def _consume(self, n: int) -> list[Any]:
+        """Up to ``n`` records: what the client has fetched already, without waiting; when it has
+        none, wait (at most ``poll_timeout``) for the first and take what arrived with it.
+
+        ``consume(n, timeout)`` alone returns only once it has ``n`` records or the timeout passed: a
+        partial batch waited the whole timeout even with records ready -- measured 0.15-0.3 s of idle
+        per 2*10^5 backlog events, and up to ``poll_timeout`` more lag for every record live."""
+        consume = self.consumer.consume
+        msgs = consume(num_messages=n, timeout=0)
+        if not msgs:
+            msgs = consume(num_messages=1, timeout=self.poll_timeout)
+            if msgs and n > 1:
+                msgs += consume(num_messages=n - 1, timeout=0)
+        return msgs  # type: ignore[no-any-return]
 
     # Records of a shard's two input partitions are applied in ONE order that does not depend on how
     # the client fetched them: a merge by (Kafka timestamp, topic) of the two partition queues, as
