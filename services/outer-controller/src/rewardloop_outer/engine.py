@@ -55,6 +55,7 @@ from .native_window import NativeClosed, NativeSessionWindow
 from .records import RewardContext, compute_record, record_json
 from .session_window import AddResult, ClosedSession, LateEvent, SessionWindow
 from .settings import OuterSettings
+from .state_log import StateLog, restore_log
 from .state_store import Fenced, ShardDelta, StateStore
 from .tradeoff import TradeoffTracker
 
@@ -86,8 +87,7 @@ class Shard:
     next_batch: int = 0
     in_flight: set[str] = field(default_factory=set)
     ingest_ts: list[int] = field(default_factory=list)  # Kafka timestamps since the last checkpoint
-    log_bytes: int = 0  # size of the state's delta log since its last snapshot
-    snap_dirty: set[str] = field(default_factory=set)  # users changed since the last snapshot
+    log: StateLog = field(default_factory=StateLog)  # the durable delta log's bookkeeping
 
     @property
     def core(self) -> Any:
@@ -98,6 +98,7 @@ class Shard:
         w = self.window
         return {  # copies: a failed write is sent again later, with the offsets of when it was taken
             "offsets": dict(self.offsets),
+            "log_base": self.log.base,
             "max_event_ms": w.max_event_ms,
             "baselines": dict(self.baselines),
             "counters": {
@@ -743,24 +744,14 @@ class DurableController:
         with self._lock:
             for shard in self.shards.values():
                 w = shard.window
-                d = ShardDelta(shard.partition, shard.epoch, meta=shard.meta())
+                d = ShardDelta(shard.partition, shard.epoch)
                 dirty = w.dirty
                 if dirty:
                     d.log_append = w.delta()
-                if shard.log_bytes + len(d.log_append) > log_max:
-                    # compaction: the full state of every user changed since the last snapshot
-                    d.compact, d.log_append = True, b""
-                    for user in shard.snap_dirty | dirty:
-                        st = w.user_state(user)
-                        if st is None:
-                            d.users_del.append(user)
-                        else:
-                            d.users_set[user] = st
-                    shard.snap_dirty.clear()
-                    shard.log_bytes = 0
-                else:
-                    shard.snap_dirty |= dirty
-                    shard.log_bytes += len(d.log_append)
+                    shard.log.appended(len(d.log_append), dirty)
+                c = shard.log.compact(w.user_state, len(d.log_append), log_max)
+                d.users_set, d.users_del, d.seq, d.log_trim = c.users_set, c.users_del, c.seq, c.log_trim
+                d.meta = shard.meta()  # after the compaction: its log_base
                 w.commit_delta()
                 rids: list[str] = []
                 if shard.outbox_new:
@@ -912,8 +903,9 @@ class DurableController:
     def _load_shard(self, p: int) -> Shard:
         snap = self.state.claim(p)
         w = self.new_window()
-        n_users = w.restore([*snap.users.values(), *snap.log])
         meta = snap.meta
+        log_blobs, state_log = restore_log(snap.log, int(meta.get("log_base", 0)), snap.snapseq)
+        n_users = w.restore([*snap.users.values(), *log_blobs])
         w.max_event_ms = int(meta.get("max_event_ms", 0))
         c = meta.get("counters", {})
         w.duplicates = c.get("duplicates", 0)
@@ -927,9 +919,7 @@ class DurableController:
             snap.epoch,
             offsets=dict(meta.get("offsets", {})),
             baselines=dict(meta.get("baselines", {})),
-            log_bytes=snap.log_bytes,
-            # the log's users are not in the snapshot yet: the next compaction must include them
-            snap_dirty=set(w.users()) if snap.log else set(),
+            log=state_log,
         )
         for field_, raw in snap.outbox.items():
             if field_.startswith("b:"):

@@ -3,20 +3,22 @@
 Keys (``<g>`` = the consumer group, ``<p>`` = the partition number shared by ``recsys.reward.raw`` and
 ``recsys.kpi.raw``)::
 
-    rewardloop:outer:<g>:p<p>:users   HASH user_id -> the user's full state (a snapshot)
-    rewardloop:outer:<g>:p<p>:log     LIST of delta blobs appended since that snapshot, oldest first
-    rewardloop:outer:<g>:p<p>:meta    JSON {offsets: {topic: next offset}, max_event_ms, baselines, ...}
-    rewardloop:outer:<g>:p<p>:outbox  HASH record id -> JSON {t, k, v}: output not yet acknowledged
-    rewardloop:outer:<g>:p<p>:epoch   int: fencing token, INCR by every new owner of the shard
+    rewardloop:outer:<g>:p<p>:users    HASH user_id -> the user's full state (its snapshot)
+    rewardloop:outer:<g>:p<p>:snapseq  HASH user_id -> the last log blob (sequence number) it reflects
+    rewardloop:outer:<g>:p<p>:log      LIST of delta blobs, oldest first; the first is number log_base
+    rewardloop:outer:<g>:p<p>:meta     JSON {offsets: {topic: next offset}, log_base, max_event_ms, ...}
+    rewardloop:outer:<g>:p<p>:outbox   HASH batch -> records not yet acknowledged
+    rewardloop:outer:<g>:p<p>:epoch    int: fencing token, INCR by every new owner of the shard
 
-State = the snapshot, then every log blob in order (the line format: :mod:`.session_window`). A
+State = the snapshot, then every log blob in order, each user's lines at or below its ``snapseq`` left
+out (the line format: :mod:`.session_window`; the log and its compaction: :mod:`.state_log`). A
 checkpoint appends ONE blob per shard (the lines of the users that changed: their header and only the
-events added since -- a delta, not the users' whole state) and writes the meta (with the input offsets
-the state reflects) and the outbox changes of all owned shards in ONE ``MULTI/EXEC`` guarded by
-``WATCH`` on the epochs: it lands completely or not at all, and a process that lost a shard in a
-rebalance (its epoch is stale) cannot overwrite the new owner's state (:class:`Fenced`). When a shard's
-log passes ``OUTER_STATE_LOG_MAX_BYTES`` the checkpoint *compacts* instead: the full states of the users
-changed since the last snapshot go into the hash and the log is deleted -- in the same transaction.
+events added since -- a delta, not the users' whole state), its share of the compaction (some users'
+full states, the log's trimmed front) and writes the meta (with the input offsets the state reflects)
+and the outbox changes of all owned shards in ONE ``MULTI/EXEC`` guarded by ``WATCH`` on the epochs: it
+lands completely or not at all, and a process that lost a shard in a rebalance (its epoch is stale)
+cannot overwrite the new owner's state (:class:`Fenced`). A state written before ``snapseq`` existed
+(a full compaction deleted the log) loads unchanged: no ``snapseq``, ``log_base`` 0.
 
 :class:`MemoryStateStore` keeps the same structures in process memory (``OUTER_STATE_STORE=memory``:
 tests, demos; nothing survives the process).
@@ -75,10 +77,7 @@ class ShardSnapshot:
     meta: dict[str, Any]
     outbox: dict[str, bytes]
     epoch: int
-
-    @property
-    def log_bytes(self) -> int:
-        return sum(len(b) for b in self.log)
+    snapseq: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,9 +85,12 @@ class ShardDelta:
     partition: int
     epoch: int
     log_append: bytes = b""  # one delta blob (empty: nothing changed)
-    compact: bool = False  # write users_set/users_del into the snapshot and drop the log
+    # compaction (.state_log): full states into the snapshot (reflecting log blob `seq`), removals,
+    # and how many blobs leave the front of the log (after log_append is added)
     users_set: dict[str, bytes] = field(default_factory=dict)
     users_del: list[str] = field(default_factory=list)
+    seq: int = -1
+    log_trim: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     outbox_set: dict[str, bytes] = field(default_factory=dict)
     outbox_del: list[str] = field(default_factory=list)
@@ -124,13 +126,15 @@ class RedisStateStore:
         pipe.lrange(self.key(partition, "log"), 0, -1)
         pipe.get(self.key(partition, "meta"))
         pipe.hgetall(self.key(partition, "outbox"))
-        epoch, users, log, meta, outbox = pipe.execute()
+        pipe.hgetall(self.key(partition, "snapseq"))
+        epoch, users, log, meta, outbox, snapseq = pipe.execute()
         return ShardSnapshot(
             users={_str(k): unpack(v) for k, v in users.items()},
             log=[unpack(b) for b in log],
             meta=json.loads(meta) if meta else {},
             outbox={_str(k): unpack(v) for k, v in outbox.items()},
             epoch=int(epoch),
+            snapseq={_str(k): int(v) for k, v in snapseq.items()},
         )
 
     def checkpoint(self, deltas: Iterable[ShardDelta]) -> None:
@@ -149,14 +153,17 @@ class RedisStateStore:
                 z = pack if self.compress else bytes
                 for d in deltas:
                     users, log = self.key(d.partition, "users"), self.key(d.partition, "log")
-                    if d.compact:
-                        if d.users_set:
-                            pipe.hset(users, mapping={u: z(v) for u, v in d.users_set.items()})  # type: ignore[arg-type]
-                        if d.users_del:
-                            pipe.hdel(users, *d.users_del)
-                        pipe.delete(log)
-                    elif d.log_append:
+                    snapseq = self.key(d.partition, "snapseq")
+                    if d.log_append:
                         pipe.rpush(log, z(d.log_append))
+                    if d.users_set:
+                        pipe.hset(users, mapping={u: z(v) for u, v in d.users_set.items()})  # type: ignore[arg-type]
+                        pipe.hset(snapseq, mapping=dict.fromkeys(d.users_set, d.seq))  # type: ignore[arg-type]
+                    if d.users_del:
+                        pipe.hdel(users, *d.users_del)
+                        pipe.hdel(snapseq, *d.users_del)
+                    if d.log_trim:
+                        pipe.ltrim(log, d.log_trim, -1)
                     if d.outbox_set:
                         outbox = {rid: z(v) for rid, v in d.outbox_set.items()}
                         pipe.hset(self.key(d.partition, "outbox"), mapping=outbox)  # type: ignore[arg-type]
@@ -180,6 +187,7 @@ class _MemShard:
     meta: dict[str, Any] = field(default_factory=dict)
     outbox: dict[str, bytes] = field(default_factory=dict)
     epoch: int = 0
+    snapseq: dict[str, int] = field(default_factory=dict)
 
 
 class MemoryStateStore:
@@ -204,7 +212,12 @@ class MemoryStateStore:
         sh = self.shards.setdefault(partition, _MemShard())
         sh.epoch += 1
         return ShardSnapshot(
-            dict(sh.users), list(sh.log), json.loads(json.dumps(sh.meta)), dict(sh.outbox), sh.epoch
+            dict(sh.users),
+            list(sh.log),
+            json.loads(json.dumps(sh.meta)),
+            dict(sh.outbox),
+            sh.epoch,
+            dict(sh.snapseq),
         )
 
     def checkpoint(self, deltas: Iterable[ShardDelta]) -> None:
@@ -217,13 +230,14 @@ class MemoryStateStore:
                 )
         for d in deltas:
             sh = self.shards[d.partition]
-            if d.compact:
-                sh.users.update(d.users_set)
-                for u in d.users_del:
-                    sh.users.pop(u, None)
-                sh.log.clear()
-            elif d.log_append:
+            if d.log_append:
                 sh.log.append(d.log_append)
+            sh.users.update(d.users_set)
+            sh.snapseq.update(dict.fromkeys(d.users_set, d.seq))
+            for u in d.users_del:
+                sh.users.pop(u, None)
+                sh.snapseq.pop(u, None)
+            del sh.log[: d.log_trim]
             sh.outbox.update(d.outbox_set)
             for rid in d.outbox_del:
                 sh.outbox.pop(rid, None)

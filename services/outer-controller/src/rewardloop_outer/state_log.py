@@ -1,0 +1,125 @@
+"""A shard's delta log and its *incremental* compaction into the snapshot hash (:mod:`.state_store`).
+
+Every checkpoint appends one blob of delta lines to the shard's log; blob ``i`` of the Redis list has
+the sequence number ``log_base + i`` (``log_base`` is in the shard's meta). Compaction writes a user's
+full state into the snapshot hash together with the sequence number it reflects (``snapseq``: "every
+blob up to this one is in it"); a restore skips that user's lines in blobs at or below it. So the
+snapshot can be brought up to date a few users per checkpoint, oldest first, and the log trimmed from
+the front as soon as no user needs its first blobs any more.
+
+Why not all at once (as before): once the log passed ``OUTER_STATE_LOG_MAX_BYTES`` one checkpoint
+wrote the full state of every user changed since the last snapshot -- at 5*10^4 events/s tens of MB
+in one step, 0.2-0.4 s of the controller's loop, the source of the event-to-state lag's P99 (1.0 s
+with it, 0.37 s with compaction switched off, measured side by side). Now each checkpoint compacts at
+most ``COMPACT_RATIO`` times the bytes it appended (at least ``COMPACT_MIN_BYTES``), which still
+outruns the log's growth, from when the log passes the limit until it is back under half of it.
+
+A user without state when its turn comes is removed from the hash (and ``snapseq``): its last lines
+in the log are then its ``d`` (state gone) line, so replaying any suffix of its lines leaves nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+
+#: a checkpoint compacts at most this many times the bytes it appended ...
+COMPACT_RATIO = 2
+#: ... and at least this many (a quiet shard still finishes its compaction)
+COMPACT_MIN_BYTES = 256 * 1024
+
+# every state line starts '["<op>",<user as a JSON string>,' (the line format: .session_window)
+_LINE_USER = re.compile(rb'\["[hakfd]",("(?:[^"\\]|\\.)*")')
+
+
+def line_user(line: bytes) -> str:
+    m = _LINE_USER.match(line)
+    if m is None:
+        raise ValueError(f"not a state line: {line[:80]!r}")
+    return orjson.loads(m.group(1))  # type: ignore[no-any-return]
+
+
+@dataclass
+class Compaction:
+    """What one checkpoint writes into the snapshot: user states, removals, and the log's new front."""
+
+    users_set: dict[str, bytes] = field(default_factory=dict)
+    users_del: list[str] = field(default_factory=list)
+    seq: int = -1  # the sequence number users_set reflect
+    log_trim: int = 0  # blobs to drop from the front of the log (after this checkpoint's blob)
+
+
+@dataclass
+class StateLog:
+    """The in-memory bookkeeping of a shard's durable log (sizes, front, users not yet compacted)."""
+
+    base: int = 0  # sequence number of the log's first blob
+    sizes: deque[int] = field(default_factory=deque)  # each blob's size (uncompressed), oldest first
+    bytes: int = 0
+    # user -> the first blob with lines of it that the snapshot does not cover; insertion order is
+    # that blob order (a user enters once, at the newest blob), so the first entry holds the log back
+    uncovered: dict[str, int] = field(default_factory=dict)
+    compacting: bool = False
+
+    @property
+    def next_seq(self) -> int:
+        return self.base + len(self.sizes)
+
+    def appended(self, size: int, users: set[str]) -> None:
+        """A blob of ``size`` bytes with lines of ``users`` was appended (it gets :attr:`next_seq`)."""
+        seq = self.next_seq
+        self.sizes.append(size)
+        self.bytes += size
+        for u in users:
+            self.uncovered.setdefault(u, seq)
+
+    def compact(self, user_state: Callable[[str], bytes | None], appended: int, log_max: int) -> Compaction:
+        """One checkpoint's share of the compaction (nothing while the log is under ``log_max``)."""
+        c = Compaction(seq=self.next_seq - 1)
+        if self.bytes > log_max:
+            self.compacting = True
+        if not self.compacting:
+            return c
+        budget = max(COMPACT_RATIO * appended, COMPACT_MIN_BYTES)
+        uncovered = self.uncovered
+        while uncovered and budget > 0:
+            user = next(iter(uncovered))
+            del uncovered[user]
+            st = user_state(user)
+            if st is None:
+                c.users_del.append(user)
+            else:
+                c.users_set[user] = st
+                budget -= len(st)
+        front = next(iter(uncovered.values())) if uncovered else self.next_seq
+        c.log_trim = front - self.base
+        for _ in range(c.log_trim):
+            self.bytes -= self.sizes.popleft()
+        self.base = front
+        if self.bytes <= log_max // 2:
+            self.compacting = False
+        return c
+
+
+def restore_log(blobs: list[bytes], base: int, snapseq: dict[str, int]) -> tuple[list[bytes], StateLog]:
+    """The log blobs as a window restores them (each user's lines that its snapshot covers left out),
+    and the log's bookkeeping (which users the snapshot does not cover yet, from which blob)."""
+    log = StateLog(base=base)
+    out: list[bytes] = []
+    for i, blob in enumerate(blobs):
+        seq = base + i
+        keep: list[bytes] = []
+        users: set[str] = set()
+        for line in blob.split(b"\n") if blob else ():
+            user = line_user(line)
+            if snapseq.get(user, -1) >= seq:
+                continue
+            keep.append(line)
+            users.add(user)
+        log.appended(len(blob), users)
+        out.append(b"\n".join(keep))
+    return out, log
