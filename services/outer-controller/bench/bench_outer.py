@@ -7,8 +7,11 @@ ports), then, with one in-process :class:`DurableController` (event clock, Redis
 1. **throughput**: N reward events (``--users`` users, sessions of ~8 steps) are produced first; the
    controller consumes them from offset 0; events/s = N / (time until every record is in a landed
    checkpoint);
-2. **lag**: events are produced live at ``--rate``/s for ``--seconds`` by a separate producer process;
-   per record, lag = checkpoint landed (wall clock) - the record's Kafka timestamp; P50/P99 reported.
+2. **lag**: for each rate of ``--rate`` (comma-separated), events are produced live at that rate for
+   ``--seconds`` by a separate producer process into a new topic; per record, lag = checkpoint landed
+   (wall clock) - the record's Kafka timestamp; P50/P99 reported, with the CPU each process used (in
+   cores: CPU seconds / wall seconds) -- the broker, the producer and the controller share this
+   machine's cores, and the lag is only the controller's while they are not all busy.
 
 ``--impl native`` (default) runs the Rust per-event core (``OUTER_NATIVE=true``), ``--impl python`` the
 Python reference implementation: run both, alternated, to compare them on the same machine state.
@@ -134,23 +137,88 @@ def produce(bootstrap: str, topic: str, evs: list[tuple[str, bytes]], rate: floa
     p.flush(60)
 
 
-def live_producer(bootstrap: str, topic: str, n: int, users: int, rate: float, ready: Any, go: Any) -> None:
-    """The lag phase's producer (its own process): generate, say ready, wait for go, produce paced."""
+def live_producer(
+    bootstrap: str, topic: str, n: int, users: int, rate: float, ready: Any, go: Any, cpu: Any
+) -> None:
+    """The lag phase's producer (its own process): generate, say ready, wait for go, produce paced;
+    puts (its CPU seconds, wall seconds) while producing into ``cpu``."""
     evs = events(n, users, seed=2)
     ready.set()
     go.wait(600)
+    c0, t0 = time.process_time(), time.monotonic()
     produce(bootstrap, topic, evs, rate)
+    cpu.put((time.process_time() - c0, time.monotonic() - t0))
 
 
 def consumed(ctl: DurableController) -> int:
     return sum(sum(s.offsets.values()) for s in ctl.shards.values())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its threads (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def lag_phase(
+    bootstrap: str, redis_url: str, topic: str, kpi: str, native: bool, rate: float, a: argparse.Namespace
+) -> dict[str, Any]:
+    """Events produced live at ``rate`` by another PROCESS (a thread would share the controller's GIL;
+    spawned, not forked: the controller's librdkafka threads must not be forked)."""
+    n_live = int(rate * a.seconds)
+    mp = multiprocessing.get_context("spawn")
+    ready, go, prod_cpu = mp.Event(), mp.Event(), mp.Queue()
+    args = (bootstrap, topic, n_live, a.users, rate, ready, go, prod_cpu)
+    prod = mp.Process(target=live_producer, args=args, daemon=True)
+    prod.start()
+    ready.wait(600)
+    deadline = time.monotonic() + 120
+    ctl = controller(bootstrap, redis_url, topic, kpi, native)
+    ctl.record_lag = True
+    # one record in 8 (the first of every batch too): observing every record's lag cost ~15 % of the
+    # controller's time at 10^5 records/s -- the measurement would slow down what it measures
+    ctl.lag_sample_every = 8
+    ctl.subscribe()
+    while not ctl.shards and time.monotonic() < deadline:
+        ctl.run_once()
+    broker = int((Path(ENV["RUN_DIR"]) / "pids" / "kafka.pid").read_text())
+    procs = {"controller": os.getpid(), "broker": broker}
+    cpu0 = {k: cpu_seconds(pid) for k, pid in procs.items()}
+    go.set()
+    t0 = time.monotonic()
+    deadline = t0 + a.seconds + 120
+    while (prod.is_alive() or consumed(ctl) < n_live) and time.monotonic() < deadline:
+        ctl.run_once()
+    wall = time.monotonic() - t0
+    cores = {k: round((cpu_seconds(pid) - cpu0[k]) / wall, 2) for k, pid in procs.items()}
+    p_cpu, p_wall = prod_cpu.get(timeout=60)
+    cores["producer"] = round(p_cpu / p_wall, 2)
+    prod.join(10)
+    ctl.checkpoint()
+    ctl.shutdown()
+    lag = sorted(ctl.lag_samples)
+    pct = lambda q: lag[min(len(lag) - 1, int(q * len(lag)))] if lag else None  # noqa: E731
+    return {
+        "rate_per_s": rate,
+        "samples": len(lag),
+        "p50": pct(0.5),
+        "p99": pct(0.99),
+        "max": lag[-1] if lag else None,
+        "produced_per_s": round(n_live / p_wall),
+        "cpu_cores": cores,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--users", type=int, default=20_000)
-    ap.add_argument("--rate", type=float, default=5_000)
+    ap.add_argument(
+        "--rate",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[5_000.0],
+        help="events/s of the lag phase; comma-separated: one lag phase per rate (default 5000)",
+    )
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument(
         "--impl",
@@ -176,8 +244,9 @@ def main() -> int:
     bootstrap, redis_url = f"127.0.0.1:{ENV['KAFKA_PORT']}", f"redis://127.0.0.1:{ENV['REDIS_PORT']}/0"
     try:
         run = uuid.uuid4().hex[:6]
-        t_topic, l_topic, kpi = f"bench.{run}.tput", f"bench.{run}.lag", f"bench.{run}.kpi"
-        create_topics(bootstrap, [t_topic, l_topic, kpi], partitions=3, wait_s=30)
+        t_topic, kpi = f"bench.{run}.tput", f"bench.{run}.kpi"
+        lag_topics = [f"bench.{run}.lag{i}" for i in range(len(a.rate))]
+        create_topics(bootstrap, [t_topic, kpi, *lag_topics], partitions=3, wait_s=30)
         evs = events(a.events, a.users)
         produce(bootstrap, t_topic, evs)
         # 1. throughput from a backlog
@@ -192,34 +261,11 @@ def main() -> int:
         ctl.checkpoint_and_produce()
         elapsed = time.perf_counter() - t0
         ctl.shutdown()
-        # 2. lag at a steady rate, produced by another PROCESS (a thread would share the controller's
-        # GIL; spawned, not forked: the controller's librdkafka threads must not be forked)
-        n_live = int(a.rate * a.seconds)
-        mp = multiprocessing.get_context("spawn")
-        ready, go = mp.Event(), mp.Event()
-        prod = mp.Process(
-            target=live_producer, args=(bootstrap, l_topic, n_live, a.users, a.rate, ready, go), daemon=True
-        )
-        prod.start()
-        ready.wait(600)
-        deadline = time.monotonic() + 120
-        ctl = controller(bootstrap, redis_url, l_topic, kpi, native)
-        ctl.record_lag = True
-        # one record in 8 (the first of every batch too): observing every record's lag cost ~15 % of the
-        # controller's time at 10^5 records/s -- the measurement would slow down what it measures
-        ctl.lag_sample_every = 8
-        ctl.subscribe()
-        while not ctl.shards and time.monotonic() < deadline:
-            ctl.run_once()
-        go.set()
-        deadline = time.monotonic() + a.seconds + 120
-        while (prod.is_alive() or consumed(ctl) < n_live) and time.monotonic() < deadline:
-            ctl.run_once()
-        prod.join(10)
-        ctl.checkpoint()
-        ctl.shutdown()
-        lag = sorted(ctl.lag_samples)
-        pct = lambda q: lag[min(len(lag) - 1, int(q * len(lag)))] if lag else None  # noqa: E731
+        # 2. lag at steady rates (a topic each)
+        lags = [
+            lag_phase(bootstrap, redis_url, f"bench.{run}.lag{i}", kpi, native, rate, a)
+            for i, rate in enumerate(a.rate)
+        ]
         print(
             json.dumps(
                 {
@@ -230,13 +276,7 @@ def main() -> int:
                         "seconds": round(elapsed, 3),
                         "events_per_s": round(a.events / elapsed),
                     },
-                    "lag_ms": {
-                        "rate_per_s": a.rate,
-                        "samples": len(lag),
-                        "p50": pct(0.5),
-                        "p99": pct(0.99),
-                        "max": lag[-1] if lag else None,
-                    },
+                    "lag_ms": lags,
                 },
                 indent=1,
             )

@@ -19,7 +19,8 @@ pub mod window;
 
 /// Every Rust allocation of the extension (Python objects stay with CPython's allocator): the per-event
 /// path allocates and frees a handful of small strings per record, where mimalloc is several times
-/// faster than glibc's malloc.
+/// faster than glibc's malloc. Its transparent huge pages are turned off (`MIMALLOC_ALLOW_THP=0`, set by
+/// the Python package before this library loads): see `python/rewardloop_outer_native/__init__.py`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
