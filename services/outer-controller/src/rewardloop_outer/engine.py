@@ -904,7 +904,7 @@ class DurableController:
         snap = self.state.claim(p)
         w = self.new_window()
         meta = snap.meta
-        log_blobs, state_log = restore_log(snap.log, int(meta.get("log_base", 0)), snap.snapseq)
+        log_blobs, state_log = restore_log(snap.log, int(meta.get("log_base", 0)), snap.snapseq, snap.users)
         n_users = w.restore([*snap.users.values(), *log_blobs])
         w.max_event_ms = int(meta.get("max_event_ms", 0))
         c = meta.get("counters", {})

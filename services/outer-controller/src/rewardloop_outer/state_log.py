@@ -12,7 +12,8 @@ wrote the full state of every user changed since the last snapshot -- at 5*10^4 
 in one step, 0.2-0.4 s of the controller's loop, the source of the event-to-state lag's P99 (1.0 s
 with it, 0.37 s with compaction switched off, measured side by side). Now each checkpoint compacts at
 most ``COMPACT_RATIO`` times the bytes it appended (at least ``COMPACT_MIN_BYTES``), which still
-outruns the log's growth, from when the log passes the limit until it is back under half of it.
+outruns the log's growth, from when the log passes the limit (or the snapshot's size, if larger: see
+:meth:`StateLog.compact`) until it is back under half of it.
 
 A user without state when its turn comes is removed from the hash (and ``snapseq``): its last lines
 in the log are then its ``d`` (state gone) line, so replaying any suffix of its lines leaves nothing.
@@ -64,6 +65,8 @@ class StateLog:
     # that blob order (a user enters once, at the newest blob), so the first entry holds the log back
     uncovered: dict[str, int] = field(default_factory=dict)
     compacting: bool = False
+    snap_size: dict[str, int] = field(default_factory=dict)  # user -> size of its snapshot entry
+    snap_bytes: int = 0  # their sum: the snapshot's size
 
     @property
     def next_seq(self) -> int:
@@ -77,10 +80,23 @@ class StateLog:
         for u in users:
             self.uncovered.setdefault(u, seq)
 
+    def snapshot_set(self, user: str, size: int | None) -> None:
+        """The user's snapshot entry is now ``size`` bytes (``None``: removed)."""
+        self.snap_bytes -= self.snap_size.pop(user, 0)
+        if size is not None:
+            self.snap_size[user] = size
+            self.snap_bytes += size
+
     def compact(self, user_state: Callable[[str], bytes | None], appended: int, log_max: int) -> Compaction:
-        """One checkpoint's share of the compaction (nothing while the log is under ``log_max``)."""
+        """One checkpoint's share of the compaction: from when the log passes ``log_max`` -- or the
+        snapshot's size, if larger -- until it is under half of that."""
         c = Compaction(seq=self.next_seq - 1)
-        if self.bytes > log_max:
+        # the threshold grows with the snapshot (as Redis's AOF rewrite does at 100 % growth): every
+        # user's full state is rewritten about once per pass, so with a fixed limit below the state's
+        # size the passes would never end (each of them writes the whole state for half a log of
+        # deltas); with it, the bytes compaction writes stay at most about twice the deltas'
+        limit = max(log_max, self.snap_bytes)
+        if self.bytes > limit:
             self.compacting = True
         if not self.compacting:
             return c
@@ -92,23 +108,30 @@ class StateLog:
             st = user_state(user)
             if st is None:
                 c.users_del.append(user)
+                self.snapshot_set(user, None)
             else:
                 c.users_set[user] = st
+                self.snapshot_set(user, len(st))
                 budget -= len(st)
         front = next(iter(uncovered.values())) if uncovered else self.next_seq
         c.log_trim = front - self.base
         for _ in range(c.log_trim):
             self.bytes -= self.sizes.popleft()
         self.base = front
-        if self.bytes <= log_max // 2:
+        if self.bytes <= limit // 2:
             self.compacting = False
         return c
 
 
-def restore_log(blobs: list[bytes], base: int, snapseq: dict[str, int]) -> tuple[list[bytes], StateLog]:
+def restore_log(
+    blobs: list[bytes], base: int, snapseq: dict[str, int], snapshot: dict[str, bytes]
+) -> tuple[list[bytes], StateLog]:
     """The log blobs as a window restores them (each user's lines that its snapshot covers left out),
-    and the log's bookkeeping (which users the snapshot does not cover yet, from which blob)."""
+    and the log's bookkeeping (which users the snapshot does not cover yet, from which blob; the
+    snapshot's entry sizes)."""
     log = StateLog(base=base)
+    for user, st in snapshot.items():
+        log.snapshot_set(user, len(st))
     out: list[bytes] = []
     for i, blob in enumerate(blobs):
         seq = base + i
