@@ -101,6 +101,9 @@ def controller(bootstrap: str, redis_url: str, topic: str, kpi: str, native: boo
             "partition.assignment.strategy": "range",
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
+            # as the service configures its consumer (rewardloop_outer.__main__)
+            "fetch.min.bytes": s.outer_fetch_min_bytes,
+            "fetch.wait.max.ms": s.outer_fetch_wait_max_ms,
         }
     )
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4"})
