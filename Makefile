@@ -112,7 +112,7 @@ test-ops: ## ops tests: promtool checks + rule unit tests, dashboard lint, every
 	exit $$rc
 
 .PHONY: bench-outer bench-tuner
-bench-outer: ; $(VENV)/python services/outer-controller/bench/bench_outer.py $(BENCH_OUTER_ARGS) ## outer controller: events/s from real Kafka into durable session state + event-to-state lag P50/P99 (BENCH_OUTER_ARGS, e.g. --impl native|python)
+bench-outer: ; $(VENV)/python services/outer-controller/bench/bench_outer.py $(BENCH_OUTER_ARGS) ## outer controller: events/s from real Kafka into durable session state + event-to-state lag P50/P99 (BENCH_OUTER_ARGS, e.g. --impl native|python --rate 5000,30000)
 bench-tuner: ; $(VENV)/python services/outer-controller/bench/bench_tuner_slice.py $(BENCH_TUNER_ARGS) ## DRL-PUT tuner: sessions until it pushes a better action, per exploration slice (synthetic world, real Redis)
 
 TRAINER_PY := .venv-trainer/bin/python
