@@ -358,6 +358,7 @@ def test_incremental_compaction_survives_crashes_at_every_step(
     key = "rewardloop:outer:inc:p0:"
     end = {t: len(log.data[t][0]) for t in (R, K)}
     trimmed = restored_mid_compaction = compared = 0
+    compacted = 0.0
     before: dict[str, bytes | None] | None = None
     for crash in range(500):
         ctl = make(log, rds, outer_consumer_group="inc", outer_state_log_max_bytes=6_000, outer_native=native)
@@ -377,12 +378,18 @@ def test_incremental_compaction_survives_crashes_at_every_step(
         meta = json.loads(rds.get(key + "meta"))  # type: ignore[arg-type]
         assert (rds.llen(key + "log"), meta["log_base"]) == (len(st.sizes), st.base)
         assert set(rds.hkeys(key + "snapseq")) == set(rds.hkeys(key + "users"))
+        reg = ctl.metrics.registry
+        for part, size in (("log", st.bytes), ("snapshot", st.snap_bytes)):
+            labels = {"partition": "0", "part": part}
+            assert reg.get_sample_value("rewardloop_outer_state_bytes", labels) == size
+        compacted += reg.get_sample_value("rewardloop_outer_state_compacted_users_total") or 0
         before = None
         if crash % 2:
             assert ctl.checkpoint()
             before = {u: w.user_state(u) for u in w.users()}
         ctl.producer.pending.clear()  # "kill -9": nothing else is flushed
     assert trimmed >= 5 and restored_mid_compaction >= 3 and compared >= 5, (trimmed, restored_mid_compaction)
+    assert compacted >= 10
     ctl = make(log, rds, outer_consumer_group="inc", outer_state_log_max_bytes=6_000, outer_native=native)
     ctl.subscribe()
     run_to_end(ctl)

@@ -751,6 +751,7 @@ class DurableController:
                     shard.log.appended(len(d.log_append), dirty)
                 c = shard.log.compact(w.user_state, len(d.log_append), log_max)
                 d.users_set, d.users_del, d.seq, d.log_trim = c.users_set, c.users_del, c.seq, c.log_trim
+                self._observe_state(shard, len(c.users_set) + len(c.users_del))
                 d.meta = shard.meta()  # after the compaction: its log_base
                 w.commit_delta()
                 rids: list[str] = []
@@ -762,6 +763,13 @@ class DurableController:
                 pw.shards.append((shard, d, rids, shard.ingest_ts))
                 shard.ingest_ts = []
         return pw
+
+    def _observe_state(self, shard: Shard, compacted: int) -> None:
+        m, p = self.metrics, str(shard.partition)
+        if compacted:
+            m.compacted_users.inc(compacted)
+        m.state_bytes.labels(partition=p, part="log").set(shard.log.bytes)
+        m.state_bytes.labels(partition=p, part="snapshot").set(shard.log.snap_bytes)
 
     def _write_and_land(self, pw: _PendingWrite) -> bool:
         t0 = time.perf_counter()
@@ -966,6 +974,11 @@ class DurableController:
                 self._queues.pop((t, p), None)
                 self._paused.discard((t, p))
                 self._idle_since.pop((t, p), None)
+            for part in ("log", "snapshot"):
+                try:
+                    self.metrics.state_bytes.remove(str(p), part)
+                except KeyError:
+                    pass
 
     # ----------------------------------------------------------------------- priorities and tuner
 

@@ -130,6 +130,17 @@ class OuterMetrics:
             ["reason"],
             registry=r,
         )
+        self.state_bytes = Gauge(
+            "rewardloop_outer_state_bytes",
+            "A shard's durable state before compression: its delta log and its snapshot (part).",
+            ["partition", "part"],
+            registry=r,
+        )
+        self.compacted_users = Counter(
+            "rewardloop_outer_state_compacted_users_total",
+            "User states written into (or removed from) the snapshot by the incremental compaction.",
+            registry=r,
+        )
         self.state_lag = Histogram(
             "rewardloop_outer_event_to_state_lag_seconds",
             "Kafka record timestamp -> its effect durable in the session state.",
