@@ -379,7 +379,7 @@ def test_incremental_compaction_survives_crashes_at_every_step(
         assert (rds.llen(key + "log"), meta["log_base"]) == (len(st.sizes), st.base)
         assert set(rds.hkeys(key + "snapseq")) == set(rds.hkeys(key + "users"))
         reg = ctl.metrics.registry
-        for part, size in (("log", st.bytes), ("snapshot", st.snap_bytes)):
+        for part, size in (("log", st.log_bytes), ("snapshot", st.snap_bytes)):
             labels = {"partition": "0", "part": part}
             assert reg.get_sample_value("rewardloop_outer_state_bytes", labels) == size
         compacted += reg.get_sample_value("rewardloop_outer_state_compacted_users_total") or 0
@@ -424,5 +424,5 @@ def test_restore_leaves_out_the_lines_a_users_snapshot_covers() -> None:
     # not covered yet, by the first blob each still needs: the log's front stays at 10 for u2
     assert log.uncovered == {"u2": 10, "u1": 12, "u3": 12}
     assert list(log.uncovered.values()) == sorted(log.uncovered.values())  # oldest first
-    assert (log.base, log.next_seq, log.bytes) == (10, 13, sum(map(len, blobs)))
+    assert (log.base, log.next_seq, log.log_bytes) == (10, 13, sum(map(len, blobs)))
     assert log.snap_bytes == 7

@@ -21,8 +21,9 @@ environment variables:
   OUTER_UPDATE_BATCH_SESSIONS   closed sessions per segment per weight update (default 200)
   OUTER_LEARNING_RATE / OUTER_MAX_STEP      correlation rule step size and per-update cap (0.1 / 0.1)
   OUTER_STATE_STORE             redis (durable sharded state, default) | memory (same engine, state in RAM)
-  OUTER_STATE_LOG_MAX_BYTES     past this size a shard's delta log is compacted into its snapshot,
-                                a few users per checkpoint, until under half of it (64 MiB)
+  OUTER_STATE_LOG_MAX_BYTES     past this size (or the snapshot's, if larger) a shard's delta log is
+                                compacted into its snapshot, a few users per checkpoint, until
+                                under half of that (64 MiB)
   OUTER_CLOCK                   wall (default) | event (per-partition event-time watermark only)
   OUTER_ALLOWED_LATENESS_SECONDS    late actions routed to their closed session (default 300)
   OUTER_ATTRIBUTION_WINDOW_SECONDS  delayed KPIs credited to a closed session (default 604800)

@@ -749,8 +749,7 @@ class DurableController:
                 if dirty:
                     d.log_append = w.delta()
                     shard.log.appended(len(d.log_append), dirty)
-                c = shard.log.compact(w.user_state, len(d.log_append), log_max)
-                d.users_set, d.users_del, d.seq, d.log_trim = c.users_set, c.users_del, c.seq, c.log_trim
+                c = d.compaction = shard.log.compact(w.user_state, len(d.log_append), log_max)
                 self._observe_state(shard, len(c.users_set) + len(c.users_del))
                 d.meta = shard.meta()  # after the compaction: its log_base
                 w.commit_delta()
@@ -768,7 +767,7 @@ class DurableController:
         m, p = self.metrics, str(shard.partition)
         if compacted:
             m.compacted_users.inc(compacted)
-        m.state_bytes.labels(partition=p, part="log").set(shard.log.bytes)
+        m.state_bytes.labels(partition=p, part="log").set(shard.log.log_bytes)
         m.state_bytes.labels(partition=p, part="snapshot").set(shard.log.snap_bytes)
 
     def _write_and_land(self, pw: _PendingWrite) -> bool:

@@ -29,8 +29,8 @@ class OuterSettings(CommonSettings):
     outer_attribution_window_seconds: float = Field(default=7 * 86_400.0, ge=0, allow_inf_nan=False)
     outer_late_topic: str = Field(default="recsys.sessions.late", min_length=1)
     outer_checkpoint_interval_ms: int = Field(default=100, ge=0)
-    #: past this many bytes a shard's delta log is compacted into its snapshot, a few users per
-    #: checkpoint, until it is under half of it (.state_log)
+    #: past this many bytes (or the snapshot's size, if larger) a shard's delta log is compacted into
+    #: its snapshot, a few users per checkpoint, until it is under half of that (.state_log)
     outer_state_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     #: lz4: the state's values in Redis are LZ4 frames (~5-8x smaller); none: plain JSON lines
     outer_state_compression: Literal["lz4", "none"] = "lz4"

@@ -60,7 +60,7 @@ class StateLog:
 
     base: int = 0  # sequence number of the log's first blob
     sizes: deque[int] = field(default_factory=deque)  # each blob's size (uncompressed), oldest first
-    bytes: int = 0
+    log_bytes: int = 0  # their sum
     # user -> the first blob with lines of it that the snapshot does not cover; insertion order is
     # that blob order (a user enters once, at the newest blob), so the first entry holds the log back
     uncovered: dict[str, int] = field(default_factory=dict)
@@ -76,7 +76,7 @@ class StateLog:
         """A blob of ``size`` bytes with lines of ``users`` was appended (it gets :attr:`next_seq`)."""
         seq = self.next_seq
         self.sizes.append(size)
-        self.bytes += size
+        self.log_bytes += size
         for u in users:
             self.uncovered.setdefault(u, seq)
 
@@ -96,7 +96,7 @@ class StateLog:
         # size the passes would never end (each of them writes the whole state for half a log of
         # deltas); with it, the bytes compaction writes stay at most about twice the deltas'
         limit = max(log_max, self.snap_bytes)
-        if self.bytes > limit:
+        if self.log_bytes > limit:
             self.compacting = True
         if not self.compacting:
             return c
@@ -116,9 +116,9 @@ class StateLog:
         front = next(iter(uncovered.values())) if uncovered else self.next_seq
         c.log_trim = front - self.base
         for _ in range(c.log_trim):
-            self.bytes -= self.sizes.popleft()
+            self.log_bytes -= self.sizes.popleft()
         self.base = front
-        if self.bytes <= limit // 2:
+        if self.log_bytes <= limit // 2:
             self.compacting = False
         return c
 

@@ -42,6 +42,8 @@ import lz4.frame
 import redis
 from redis.exceptions import WatchError
 
+from .state_log import Compaction
+
 #: the LZ4 frame magic number: a stored value starting with it is compressed (JSON never starts so)
 LZ4_MAGIC = b"\x04\x22\x4d\x18"
 
@@ -85,12 +87,8 @@ class ShardDelta:
     partition: int
     epoch: int
     log_append: bytes = b""  # one delta blob (empty: nothing changed)
-    # compaction (.state_log): full states into the snapshot (reflecting log blob `seq`), removals,
-    # and how many blobs leave the front of the log (after log_append is added)
-    users_set: dict[str, bytes] = field(default_factory=dict)
-    users_del: list[str] = field(default_factory=list)
-    seq: int = -1
-    log_trim: int = 0
+    # this checkpoint's share of the compaction (applied after log_append is added)
+    compaction: Compaction = field(default_factory=Compaction)
     meta: dict[str, Any] = field(default_factory=dict)
     outbox_set: dict[str, bytes] = field(default_factory=dict)
     outbox_del: list[str] = field(default_factory=list)
@@ -156,14 +154,15 @@ class RedisStateStore:
                     snapseq = self.key(d.partition, "snapseq")
                     if d.log_append:
                         pipe.rpush(log, z(d.log_append))
-                    if d.users_set:
-                        pipe.hset(users, mapping={u: z(v) for u, v in d.users_set.items()})  # type: ignore[arg-type]
-                        pipe.hset(snapseq, mapping=dict.fromkeys(d.users_set, d.seq))  # type: ignore[arg-type]
-                    if d.users_del:
-                        pipe.hdel(users, *d.users_del)
-                        pipe.hdel(snapseq, *d.users_del)
-                    if d.log_trim:
-                        pipe.ltrim(log, d.log_trim, -1)
+                    c = d.compaction
+                    if c.users_set:
+                        pipe.hset(users, mapping={u: z(v) for u, v in c.users_set.items()})  # type: ignore[arg-type]
+                        pipe.hset(snapseq, mapping=dict.fromkeys(c.users_set, c.seq))  # type: ignore[arg-type]
+                    if c.users_del:
+                        pipe.hdel(users, *c.users_del)
+                        pipe.hdel(snapseq, *c.users_del)
+                    if c.log_trim:
+                        pipe.ltrim(log, c.log_trim, -1)
                     if d.outbox_set:
                         outbox = {rid: z(v) for rid, v in d.outbox_set.items()}
                         pipe.hset(self.key(d.partition, "outbox"), mapping=outbox)  # type: ignore[arg-type]
@@ -232,12 +231,13 @@ class MemoryStateStore:
             sh = self.shards[d.partition]
             if d.log_append:
                 sh.log.append(d.log_append)
-            sh.users.update(d.users_set)
-            sh.snapseq.update(dict.fromkeys(d.users_set, d.seq))
-            for u in d.users_del:
+            c = d.compaction
+            sh.users.update(c.users_set)
+            sh.snapseq.update(dict.fromkeys(c.users_set, c.seq))
+            for u in c.users_del:
                 sh.users.pop(u, None)
                 sh.snapseq.pop(u, None)
-            del sh.log[: d.log_trim]
+            del sh.log[: c.log_trim]
             sh.outbox.update(d.outbox_set)
             for rid in d.outbox_del:
                 sh.outbox.pop(rid, None)
