@@ -257,6 +257,20 @@ class Pair:
         self.nw_log.append(d2)
         self.py.commit_delta()
         self.nw.commit_delta()
+        if self.rng.random() < 0.5:
+            self.replays()
+
+    def replays(self) -> None:
+        """The committed log, replayed as it is (no close_due first), is the live state -- retained
+        sessions amended but not yet re-emitted included: every delta carries what changed (an ``o``
+        header line only when no retained session's metadata did)."""
+        users = sorted(self.py.users())
+        py2 = SessionWindow(self.gap, **self.kw)  # type: ignore[arg-type]
+        nw2 = NativeSessionWindow(self.gap, **self.kw)  # type: ignore[arg-type]
+        assert py2.restore(self.py_log) == nw2.restore(self.nw_log) == len(users)
+        for u in users:
+            assert py2.user_state(u) == self.py.user_state(u), u
+            assert nw2.user_state(u) == self.nw.user_state(u), u
 
     def restore(self, from_snapshot: bool) -> None:
         """What the engine does after a restart: a fresh window from the durable state, counters set."""

@@ -297,6 +297,9 @@ struct UserEntry {
     appended_sid: i64,
     dirty: bool,
     rewrite: bool,
+    /// in `_rmeta`: a retained session's metadata changed since the last commit (the delta's header is
+    /// a full `h` line, else an `o` line)
+    rmeta: bool,
     /// in `_amended_users`
     amended: bool,
 }
@@ -313,6 +316,7 @@ impl UserEntry {
             appended_sid: 0,
             dirty: false,
             rewrite: false,
+            rmeta: false,
             amended: false,
         }
     }
@@ -372,6 +376,18 @@ fn event_line(out: &mut Vec<u8>, kind: u8, user: &str, sid: i64, raw: &[u8]) {
     json::write_i64(out, sid);
     out.push(b',');
     out.extend_from_slice(raw);
+    out.push(b']');
+}
+
+/// `_open_line`: the open session's metadata (the retained sessions' unchanged)
+fn open_line(out: &mut Vec<u8>, user: &str, o: Option<&Session>) {
+    out.extend_from_slice(b"[\"o\",");
+    json::write_str(out, user);
+    out.push(b',');
+    match o {
+        Some(s) => s.write_meta(out),
+        None => out.extend_from_slice(b"null"),
+    }
     out.push(b']');
 }
 
@@ -529,9 +545,15 @@ impl Core {
         }
     }
 
+    /// `_mark_meta`: a retained session's metadata changed (or the open session closed)
+    fn mark_meta(&mut self, e: &mut UserEntry) {
+        self.mark_dirty(e);
+        e.rmeta = true;
+    }
+
     /// `_mark_rewrite`
     fn mark_rewrite(&mut self, e: &mut UserEntry) {
-        self.mark_dirty(e);
+        self.mark_meta(e);
         e.rewrite = true;
         e.appended = Vec::new();
     }
@@ -570,7 +592,7 @@ impl Core {
             s.key_ms = s.start_ms;
         }
         self.closed.push(s.snapshot(&e.key, clock));
-        self.mark_dirty(e);
+        self.mark_meta(e); // the open session is gone (and retained, when retaining)
         if self.retain {
             s.amended = false;
             self.retained_heap
@@ -617,6 +639,7 @@ impl Core {
                 let sid = r.sid;
                 self.mark_amended(e);
                 self.kpi_line(e, sid, &ev, moved);
+                e.rmeta = true;
                 return AMENDED;
             }
         }
@@ -729,7 +752,7 @@ fn expire_retained(users: &mut Users, c: &mut Core, clock: i64) {
             }
         }
         if amended_any {
-            c.mark_dirty(e);
+            c.mark_meta(e);
         }
         let before = e.retained.len();
         e.retained.retain(|r| !expired(r));
@@ -758,7 +781,7 @@ fn emit_amendments(users: &mut Users, c: &mut Core, clock: i64) -> Vec<ClosedCor
             }
         }
         if any {
-            c.mark_dirty(e);
+            c.mark_meta(e);
         }
         gc(users, &user);
     }
@@ -930,6 +953,7 @@ impl NativeWindow {
                     let sid = r.sid;
                     c.mark_amended(e);
                     c.append(e, sid, Line::A(ev.clone()));
+                    e.rmeta = true;
                     return AMENDED;
                 }
             }
@@ -1344,7 +1368,7 @@ impl NativeWindow {
                 hit = true;
             }
             if hit {
-                c.mark_dirty(e);
+                c.mark_meta(e);
             }
         }
     }
@@ -1359,7 +1383,7 @@ impl NativeWindow {
                 hit = true;
             }
             if hit {
-                c.mark_dirty(e);
+                c.mark_meta(e);
             }
         }
     }
@@ -1387,6 +1411,7 @@ impl NativeWindow {
             if let Some(e) = self.users.get_mut(&*user) {
                 e.dirty = false;
                 e.rewrite = false;
+                e.rmeta = false;
                 e.appended = Vec::new();
             }
             gc(&mut self.users, &user);
@@ -1445,6 +1470,25 @@ impl NativeWindow {
                             None => {
                                 slot.insert(user.clone(), order.len());
                                 order.push((user, Some(h)));
+                            }
+                        }
+                    }
+                    "o" => {
+                        // the open session's metadata; the retained list as before
+                        let o: Option<Meta> = serde_json::from_str(
+                            x.get(2)
+                                .ok_or_else(|| corrupt("an open-session line without it"))?
+                                .get(),
+                        )
+                        .map_err(json_err)?;
+                        match slot.get(&user) {
+                            Some(&i) => match order[i].1.as_mut() {
+                                Some(h) => h.o = o,
+                                None => order[i].1 = Some(Header { o, r: Vec::new() }),
+                            },
+                            None => {
+                                slot.insert(user.clone(), order.len());
+                                order.push((user, Some(Header { o, r: Vec::new() })));
                             }
                         }
                     }
@@ -1638,7 +1682,11 @@ fn delta_lines(win: &NativeWindow, users: Option<Vec<String>>, out: &mut Vec<u8>
                     out.extend_from_slice(b"]\n");
                     full_lines(out, e);
                 } else {
-                    header_line(out, user, e.open.as_deref(), &e.retained);
+                    if e.rmeta {
+                        header_line(out, user, e.open.as_deref(), &e.retained);
+                    } else {
+                        open_line(out, user, e.open.as_deref());
+                    }
                     let mut sid = 0;
                     for l in &e.appended {
                         let (kind, raw) = match l {

@@ -41,6 +41,7 @@ Rules:
   record's own JSON bytes, never re-serialised)::
 
       ["h", user, {"o": meta | null, "r": [meta, ...]}]   the user's header (session metadata)
+      ["o", user, meta | null]                            the open session's metadata (the "r" stays)
       ["a", user, sid, {...action...}]                    an action of session ``sid``
       ["k", user, sid, {...kpi...}]                       a KPI of session ``sid`` (0 = pending)
       ["f", user]                                         forget the user (a full state follows)
@@ -49,7 +50,11 @@ Rules:
   :meth:`user_state` is one user's full state (header + every event line; ``None`` = nothing left);
   :meth:`delta` is what changed since the last :meth:`commit_delta`: per dirty user its header and
   the event lines *appended* since (a removal -- an expired session, a pending KPI moved into a
-  session -- writes the user's full state after an ``f`` line instead). :meth:`restore` replays a
+  session -- writes the user's full state after an ``f`` line instead). The header is an ``o`` line
+  unless a retained session's metadata changed (closed into the list, amended, re-emitted, a
+  baseline or tuner set): the retained list -- one entry per session of the attribution window, 7
+  days by default -- is not rewritten with every action of the open session (it was ~80 % of a live
+  delta's header bytes and ~40 % of all its bytes in ``make bench-outer``). :meth:`restore` replays a
   snapshot and deltas in order. The engine appends one delta blob per checkpoint to a Redis list
   and compacts it into a snapshot hash now and then (:mod:`.state_store`).
 """
@@ -239,6 +244,11 @@ def _event_line(kind: bytes, uj: bytes, sid: int, raw: bytes) -> bytes:
     return b"".join((b'["', kind, b'",', uj, b",", str(sid).encode(), b",", raw, b"]"))  # one copy of raw
 
 
+def _open_line(uj: bytes, o: OpenSession | None) -> bytes:
+    """A user's open-session line (its retained sessions' metadata unchanged)."""
+    return b'["o",' + uj + b"," + (b"null" if o is None else orjson.dumps(o.meta())) + b"]"
+
+
 def _header_line(uj: bytes, o: OpenSession | None, rs: list[OpenSession] | None) -> bytes:
     """A user's header line from its open (``None``: none) and retained sessions."""
     return (
@@ -284,6 +294,11 @@ class SessionWindow:
         self._appended: dict[str, list[bytes]] = {}  # event lines appended since then, per user
         self._rewrite: set[str] = set()  # users whose full state the next delta writes
         self._uj: dict[str, bytes] = {}  # user id -> its JSON string (lines), for dirty users
+        # users whose retained sessions' metadata changed since the last commit_delta: their delta
+        # header is a full "h" line; every other dirty user's an "o" line (the open session only).
+        # Marked wherever a user becomes dirty except by an event appended to a session (_append),
+        # and where such an event amends a retained session.
+        self._rmeta: set[str] = set()
         self._amended_users: set[str] = set()  # users with a retained session amended since emission
         self.unattributed_kpis = 0
         self.duplicates = 0
@@ -320,7 +335,7 @@ class SessionWindow:
         for r in self._retained.get(user_id, ()):
             if r.key_ms == key_ms:
                 r.baseline = baseline
-                self.dirty.add(user_id)
+                self._mark_meta(user_id)
 
     def set_tuner(self, user_id: str, key_ms: int, tuner: dict[str, Any]) -> None:
         """Remember revision 0's tuner behaviour on the retained session: every revision is the complete
@@ -329,7 +344,7 @@ class SessionWindow:
         for r in self._retained.get(user_id, ()):
             if r.key_ms == key_ms:
                 r.tuner = tuner
-                self.dirty.add(user_id)
+                self._mark_meta(user_id)
 
     def drain_late(self) -> list[LateEvent]:
         out, self._late = self._late, []
@@ -345,8 +360,13 @@ class SessionWindow:
                 uj = self._uj[user] = orjson.dumps(user)
             self._appended.setdefault(user, []).append(_event_line(kind, uj, sid, raw))
 
-    def _mark_rewrite(self, user: str) -> None:
+    def _mark_meta(self, user: str) -> None:
+        """The user's retained sessions' metadata changed: its next delta header is a full ``h`` line."""
         self.dirty.add(user)
+        self._rmeta.add(user)
+
+    def _mark_rewrite(self, user: str) -> None:
+        self._mark_meta(user)
         self._rewrite.add(user)
         self._appended.pop(user, None)
 
@@ -410,6 +430,7 @@ class SessionWindow:
                 r.amended = True
                 self._amended_users.add(user)
                 self._append(user, r.sid, b"a", ev.raw)
+                self._rmeta.add(user)
                 return AddResult.AMENDED
         if self._too_late(t, clock):
             self.too_late_actions += 1
@@ -488,6 +509,7 @@ class SessionWindow:
                 r.amended = True
                 self._amended_users.add(user)
                 self._kpi_line(user, r.sid, ev, moved)
+                self._rmeta.add(user)
                 return AddResult.AMENDED
         return AddResult.UNATTRIBUTED if settled else AddResult.PENDING
 
@@ -521,7 +543,7 @@ class SessionWindow:
         if not s.key_ms:
             s.key_ms = s.start_ms
         self._closed.append(self._snapshot(s, clock))
-        self.dirty.add(user)
+        self._mark_meta(user)  # the open session is gone (and retained, when retaining)
         if self.retain:
             s.amended = False
             self._retained.setdefault(user, []).append(s)
@@ -589,7 +611,7 @@ class SessionWindow:
         r.revision += 1
         r.closed_at_ms = clock
         self.amendments += 1
-        self.dirty.add(r.user_id)
+        self._mark_meta(r.user_id)
         return self._snapshot(r, clock)
 
     def _expire_retained(self, clock: int) -> None:
@@ -653,7 +675,13 @@ class SessionWindow:
         lines: list[bytes] = []
         # one lookup of the user's sessions for both "any state left?" and the header (a header per
         # dirty user per checkpoint: about one per record)
-        open_, retained, pending, uj_of = self._open, self._retained, self._pending, self._uj
+        open_, retained, pending, uj_of, rmeta = (
+            self._open,
+            self._retained,
+            self._pending,
+            self._uj,
+            self._rmeta,
+        )
         for user in self.dirty if users is None else users:
             uj = uj_of.get(user) or orjson.dumps(user)
             o, rs = open_.get(user), retained.get(user)
@@ -663,7 +691,10 @@ class SessionWindow:
                 lines.append(b'["f",' + uj + b"]")
                 lines.extend(self._full_lines(user, uj))
             else:
-                lines.append(_header_line(uj, o, rs))
+                if user in rmeta:
+                    lines.append(_header_line(uj, o, rs))
+                else:
+                    lines.append(_open_line(uj, o))
                 lines.extend(self._appended.get(user, ()))
         return b"\n".join(lines)
 
@@ -673,6 +704,7 @@ class SessionWindow:
         self._appended.clear()
         self._rewrite.clear()
         self._uj.clear()
+        self._rmeta.clear()
 
     def restore(self, blobs: Iterable[bytes]) -> int:
         """Rebuild the state from blobs of lines (a snapshot's user states, then deltas, in order).
@@ -687,6 +719,9 @@ class SessionWindow:
                 op, user = x[0], x[1]
                 if op == "h":
                     headers[user] = x[2]
+                elif op == "o":  # the open session's metadata; the retained list as before
+                    h = headers.get(user)
+                    headers[user] = {"o": x[2], "r": [] if h is None else h["r"]}
                 elif op in ("a", "k"):
                     # the event's own bytes, exactly as stored: '["a",' user ',' sid ',' raw ']'
                     start = 6 + len(orjson.dumps(user)) + len(str(x[2])) + 1
