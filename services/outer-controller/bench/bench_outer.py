@@ -4,6 +4,11 @@ state, and how long a record takes to get there.
 Starts Kafka + Redis with deploy/local/start.sh (STACK_COMPONENTS="redis kafka", own RUN_DIR and
 ports), then, with one in-process :class:`DurableController` (event clock, Redis state store):
 
+0. **broker warm-up** (``--warmup-seconds``): records produced at the highest ``--rate`` and consumed
+   by a plain consumer. A freshly started JVM compiles the broker's hot code for its first minute: the
+   JIT compiler threads took ~23 % of this 2-core machine's CPU during the first lag phases (``perf``)
+   and the broker's own CPU fell from ~0.7 to ~0.25 cores at 50 000 records/s once compiled -- a
+   production broker is long warm. The compiler threads' CPU is reported per phase (``broker_jit``);
 1. **throughput**: N reward events (``--users`` users, sessions of ~8 steps) are produced first; the
    controller consumes them from offset 0; events/s = N / (time until every record is in a landed
    checkpoint);
@@ -153,13 +158,73 @@ def live_producer(
     cpu.put((time.process_time() - c0, time.monotonic() - t0))
 
 
+def warm_up(bootstrap: str, topic: str, rate: float, seconds: float, users: int) -> dict[str, Any]:
+    """Records at ``rate`` for ``seconds`` through the broker (produced by another process, consumed
+    here by a plain consumer with the controller's fetch settings), so that its JIT has compiled the
+    produce and fetch paths before anything is measured."""
+    n = int(rate * seconds)
+    mp = multiprocessing.get_context("spawn")
+    ready, go, prod_cpu = mp.Event(), mp.Event(), mp.Queue()
+    prod = mp.Process(
+        target=live_producer, args=(bootstrap, topic, n, users, rate, ready, go, prod_cpu), daemon=True
+    )
+    prod.start()
+    ready.wait(600)
+    s = OuterSettings()
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"warmup-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.min.bytes": s.outer_fetch_min_bytes,
+            "fetch.wait.max.ms": s.outer_fetch_wait_max_ms,
+        }
+    )
+    c.subscribe([topic])
+    broker = broker_pid()
+    j0, t0 = jit_cpu_seconds(broker), time.monotonic()
+    go.set()
+    got, deadline = 0, t0 + seconds + 60
+    while got < n and time.monotonic() < deadline:
+        got += sum(1 for m in c.consume(10_000, 0.1) if m.error() is None)
+    c.close()
+    prod.join(10)
+    return {
+        "records": got,
+        "seconds": round(time.monotonic() - t0, 1),
+        "broker_jit_cores": cores_since(j0, t0, broker),
+    }
+
+
+def broker_pid() -> int:
+    return int((Path(ENV["RUN_DIR"]) / "pids" / "kafka.pid").read_text())
+
+
+def jit_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a JVM's JIT compiler threads (``C1/C2 CompilerThread*``)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if "Compiler" in (task / "comm").read_text():
+                total += cpu_seconds(pid, task.name)
+        except OSError:
+            continue  # the thread ended meanwhile
+    return total
+
+
+def cores_since(jit0: float, t0: float, pid: int) -> float:
+    return round((jit_cpu_seconds(pid) - jit0) / (time.monotonic() - t0), 2)
+
+
 def consumed(ctl: DurableController) -> int:
     return sum(sum(s.offsets.values()) for s in ctl.shards.values())
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its threads (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: str | None = None) -> float:
+    """User + system CPU seconds of a process and its threads (``/proc/<pid>/stat``), or of one thread."""
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -184,9 +249,10 @@ def lag_phase(
     ctl.subscribe()
     while not ctl.shards and time.monotonic() < deadline:
         ctl.run_once()
-    broker = int((Path(ENV["RUN_DIR"]) / "pids" / "kafka.pid").read_text())
+    broker = broker_pid()
     procs = {"controller": os.getpid(), "broker": broker}
     cpu0 = {k: cpu_seconds(pid) for k, pid in procs.items()}
+    jit0 = jit_cpu_seconds(broker)
     go.set()
     t0 = time.monotonic()
     deadline = t0 + a.seconds + 120
@@ -194,6 +260,7 @@ def lag_phase(
         ctl.run_once()
     wall = time.monotonic() - t0
     cores = {k: round((cpu_seconds(pid) - cpu0[k]) / wall, 2) for k, pid in procs.items()}
+    cores["broker_jit"] = cores_since(jit0, t0, broker)
     p_cpu, p_wall = prod_cpu.get(timeout=60)
     cores["producer"] = round(p_cpu / p_wall, 2)
     prod.join(10)
@@ -229,6 +296,13 @@ def main() -> int:
         default="native",
         help="the per-event path: the Rust core (OUTER_NATIVE=true, the default) or the Python reference",
     )
+    ap.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=40,
+        help="seconds of records at the highest --rate through the fresh broker before measuring, so "
+        "that its JIT has compiled the hot paths (default 40; 0: none)",
+    )
     ap.add_argument("--keep-stack", action="store_true")
     a = ap.parse_args()
     native = a.impl == "native"
@@ -249,7 +323,13 @@ def main() -> int:
         run = uuid.uuid4().hex[:6]
         t_topic, kpi = f"bench.{run}.tput", f"bench.{run}.kpi"
         lag_topics = [f"bench.{run}.lag{i}" for i in range(len(a.rate))]
-        create_topics(bootstrap, [t_topic, kpi, *lag_topics], partitions=3, wait_s=30)
+        warm_topic = f"bench.{run}.warmup"
+        create_topics(bootstrap, [t_topic, kpi, warm_topic, *lag_topics], partitions=3, wait_s=30)
+        warm = (
+            warm_up(bootstrap, warm_topic, max(a.rate), a.warmup_seconds, a.users)
+            if a.warmup_seconds
+            else None
+        )
         evs = events(a.events, a.users)
         produce(bootstrap, t_topic, evs)
         # 1. throughput from a backlog
@@ -258,11 +338,13 @@ def main() -> int:
         deadline = time.monotonic() + 300
         while not ctl.shards and time.monotonic() < deadline:
             ctl.run_once()
+        jit0, tj = jit_cpu_seconds(broker_pid()), time.monotonic()
         t0 = time.perf_counter()
         while consumed(ctl) < a.events and time.monotonic() < deadline:
             ctl.run_once()
         ctl.checkpoint_and_produce()
         elapsed = time.perf_counter() - t0
+        tput_jit = cores_since(jit0, tj, broker_pid())
         ctl.shutdown()
         # 2. lag at steady rates (a topic each)
         lags = [
@@ -273,11 +355,13 @@ def main() -> int:
             json.dumps(
                 {
                     "impl": a.impl,
+                    "warmup": warm,
                     "throughput": {
                         "events": a.events,
                         "users": a.users,
                         "seconds": round(elapsed, 3),
                         "events_per_s": round(a.events / elapsed),
+                        "broker_jit_cores": tput_jit,
                     },
                     "lag_ms": lags,
                 },
