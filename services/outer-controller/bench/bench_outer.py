@@ -197,8 +197,13 @@ def warm_up(bootstrap: str, topic: str, rate: float, seconds: float, users: int)
     }
 
 
+def stack_pid(name: str) -> int:
+    """The pid of a stack component (``kafka``, ``redis``) as deploy/local/start.sh recorded it."""
+    return int((Path(ENV["RUN_DIR"]) / "pids" / f"{name}.pid").read_text())
+
+
 def broker_pid() -> int:
-    return int((Path(ENV["RUN_DIR"]) / "pids" / "kafka.pid").read_text())
+    return stack_pid("kafka")
 
 
 def jit_cpu_seconds(pid: int) -> float:
@@ -250,7 +255,7 @@ def lag_phase(
     while not ctl.shards and time.monotonic() < deadline:
         ctl.run_once()
     broker = broker_pid()
-    procs = {"controller": os.getpid(), "broker": broker}
+    procs = {"controller": os.getpid(), "broker": broker, "redis": stack_pid("redis")}
     cpu0 = {k: cpu_seconds(pid) for k, pid in procs.items()}
     jit0 = jit_cpu_seconds(broker)
     go.set()
