@@ -401,6 +401,7 @@ def test_state_lines_name_their_user_whatever_its_characters() -> None:
         for line in (
             orjson.dumps(["h", user, {"o": None, "r": []}]),
             orjson.dumps(["o", user, None]),
+            orjson.dumps(["r", user, {"i": 2}]),
             orjson.dumps(["a", user, 3, {"event_id": "e"}]),
             orjson.dumps(["d", user]),
         ):

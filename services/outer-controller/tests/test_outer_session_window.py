@@ -93,7 +93,7 @@ def test_delta_lines_replay_to_the_same_state() -> None:
     assert w2.add_action(make_reward_event("e2", "u1", T0 + 500), 0) is AddResult.DUPLICATE
 
 
-def test_a_delta_rewrites_the_retained_sessions_only_when_they_changed() -> None:
+def test_a_delta_writes_a_retained_session_only_when_it_changed() -> None:
     w = SessionWindow(GAP, allowed_lateness_ms=1_000, attribution_window_ms=10 * GAP)
     blobs: list[bytes] = []
 
@@ -103,19 +103,27 @@ def test_a_delta_rewrites_the_retained_sessions_only_when_they_changed() -> None
         w.commit_delta()
         return [orjson.loads(x) for x in d.split(b"\n")]
 
+    def meta(i: int) -> dict[str, Any]:
+        return w.retained_sessions("u1")[i].meta()
+
     w.add_action(make_reward_event("e1", "u1", T0), 0)
-    assert [x[0] for x in commit()] == ["o", "a"]  # a new user: no retained sessions to write
+    assert [x[0] for x in commit()] == ["o", "a"]
     w.add_action(make_reward_event("e2", "u1", T0 + 2 * GAP), 0)  # closes e1's session
-    h, a = commit()
-    assert h[0] == "h" and [r["s"] for r in h[2]["r"]] == [T0] and a[3]["event_id"] == "e2"
+    o, r, a = commit()
+    assert o == ["o", "u1", w.open_session("u1").meta()]  # type: ignore[union-attr]
+    assert r == ["r", "u1", meta(0)] and a[0] == "a" and a[3]["event_id"] == "e2"
     w.add_action(make_reward_event("e3", "u1", T0 + 2 * GAP + 10), 0)
-    o, a = commit()  # only the open session changed: its metadata, not the retained list
-    assert o == ["o", "u1", w.open_session("u1").meta()] and a[3]["event_id"] == "e3"  # type: ignore[union-attr]
+    assert [x[0] for x in commit()] == ["o", "a"]  # the retained session unchanged: no "r" line
+    w.add_action(make_reward_event("e4", "u1", T0 + 5 * GAP), 0)  # closes the second session
+    assert [(x[0], x[2].get("s") if x[0] == "r" else None) for x in commit()[:-1]] == [
+        ("o", None),
+        ("r", T0 + 2 * GAP),  # only the session that changed, not the first one
+    ]
     w.set_baseline("u1", T0, 0.5)
-    assert commit()[0][0] == "h"
-    w.add_kpi(make_kpi_event("k1", "u1", event_time_ms=T0 + 100), 0)  # amends the retained session
-    h, k = commit()
-    assert h[0] == "h" and h[2]["r"][0]["m"] is True and k[0] == "k"
+    assert commit()[1:] == [["r", "u1", meta(0)]]
+    w.add_kpi(make_kpi_event("k1", "u1", event_time_ms=T0 + 100), 0)  # amends the first session
+    o, r, k = commit()
+    assert r == ["r", "u1", meta(0)] and r[2]["m"] is True and k[0] == "k"
     w2 = SessionWindow(GAP, allowed_lateness_ms=1_000, attribution_window_ms=10 * GAP)
     assert w2.restore(blobs) == 1
     assert w2.user_state("u1") == w.user_state("u1")

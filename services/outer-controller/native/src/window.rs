@@ -297,9 +297,9 @@ struct UserEntry {
     appended_sid: i64,
     dirty: bool,
     rewrite: bool,
-    /// in `_rmeta`: a retained session's metadata changed since the last commit (the delta's header is
-    /// a full `h` line, else an `o` line)
-    rmeta: bool,
+    /// `_rchanged[user]`: the retained sessions (sids) whose metadata changed since the last commit (the
+    /// delta writes an `r` line for each)
+    rchanged: Vec<i64>,
     /// in `_amended_users`
     amended: bool,
 }
@@ -316,7 +316,7 @@ impl UserEntry {
             appended_sid: 0,
             dirty: false,
             rewrite: false,
-            rmeta: false,
+            rchanged: Vec::new(),
             amended: false,
         }
     }
@@ -379,7 +379,16 @@ fn event_line(out: &mut Vec<u8>, kind: u8, user: &str, sid: i64, raw: &[u8]) {
     out.push(b']');
 }
 
-/// `_open_line`: the open session's metadata (the retained sessions' unchanged)
+/// `_retained_line`: a retained session's metadata (replaces the one with its sid in a restore)
+fn retained_line(out: &mut Vec<u8>, user: &str, r: &Session) {
+    out.extend_from_slice(b"[\"r\",");
+    json::write_str(out, user);
+    out.push(b',');
+    r.write_meta(out);
+    out.push(b']');
+}
+
+/// `_open_line`: the open session's metadata
 fn open_line(out: &mut Vec<u8>, user: &str, o: Option<&Session>) {
     out.extend_from_slice(b"[\"o\",");
     json::write_str(out, user);
@@ -545,15 +554,17 @@ impl Core {
         }
     }
 
-    /// `_mark_meta`: a retained session's metadata changed (or the open session closed)
-    fn mark_meta(&mut self, e: &mut UserEntry) {
+    /// `_mark_retained`: retained session `sid`'s metadata changed (the next delta writes its `r` line)
+    fn mark_retained(&mut self, e: &mut UserEntry, sid: i64) {
         self.mark_dirty(e);
-        e.rmeta = true;
+        if !e.rchanged.contains(&sid) {
+            e.rchanged.push(sid);
+        }
     }
 
     /// `_mark_rewrite`
     fn mark_rewrite(&mut self, e: &mut UserEntry) {
-        self.mark_meta(e);
+        self.mark_dirty(e);
         e.rewrite = true;
         e.appended = Vec::new();
     }
@@ -592,8 +603,9 @@ impl Core {
             s.key_ms = s.start_ms;
         }
         self.closed.push(s.snapshot(&e.key, clock));
-        self.mark_meta(e); // the open session is gone (and retained, when retaining)
+        self.mark_dirty(e); // the open session is gone: the `o` line
         if self.retain {
+            self.mark_retained(e, s.sid);
             s.amended = false;
             self.retained_heap
                 .push(Reverse((s.last_ms as i128 + self.retention, e.key.clone())));
@@ -639,7 +651,7 @@ impl Core {
                 let sid = r.sid;
                 self.mark_amended(e);
                 self.kpi_line(e, sid, &ev, moved);
-                e.rmeta = true;
+                self.mark_retained(e, sid);
                 return AMENDED;
             }
         }
@@ -742,17 +754,17 @@ fn expire_retained(users: &mut Users, c: &mut Core, clock: i64) {
         }
         let retention = c.retention;
         let expired = |r: &Session| clock128 > r.last_ms as i128 + retention;
-        let mut amended_any = false;
+        let mut amended = Vec::new();
         let key = e.key.clone();
         for r in e.retained.iter_mut() {
             if r.amended && expired(r) {
                 let snap = c.amend(&key, r, clock); // emit before forgetting it
                 c.closed.push(snap);
-                amended_any = true;
+                amended.push(r.sid);
             }
         }
-        if amended_any {
-            c.mark_meta(e);
+        for sid in amended {
+            c.mark_retained(e, sid);
         }
         let before = e.retained.len();
         e.retained.retain(|r| !expired(r));
@@ -773,15 +785,15 @@ fn emit_amendments(users: &mut Users, c: &mut Core, clock: i64) -> Vec<ClosedCor
             continue;
         };
         e.amended = false;
-        let mut any = false;
+        let mut sids = Vec::new();
         for r in e.retained.iter_mut() {
             if r.amended {
                 out.push(c.amend(&user, r, clock));
-                any = true;
+                sids.push(r.sid);
             }
         }
-        if any {
-            c.mark_meta(e);
+        for sid in sids {
+            c.mark_retained(e, sid);
         }
         gc(users, &user);
     }
@@ -953,7 +965,7 @@ impl NativeWindow {
                     let sid = r.sid;
                     c.mark_amended(e);
                     c.append(e, sid, Line::A(ev.clone()));
-                    e.rmeta = true;
+                    c.mark_retained(e, sid);
                     return AMENDED;
                 }
             }
@@ -1362,13 +1374,13 @@ impl NativeWindow {
     pub(crate) fn set_baseline(&mut self, user_id: &str, key_ms: i64, baseline: f64) {
         let (users, c) = (&mut self.users, &mut self.c);
         if let Some(e) = users.get_mut(user_id) {
-            let mut hit = false;
+            let mut hit = Vec::new();
             for r in e.retained.iter_mut().filter(|r| r.key_ms == key_ms) {
                 r.baseline = Some(baseline);
-                hit = true;
+                hit.push(r.sid);
             }
-            if hit {
-                c.mark_meta(e);
+            for sid in hit {
+                c.mark_retained(e, sid);
             }
         }
     }
@@ -1377,13 +1389,13 @@ impl NativeWindow {
     fn set_tuner(&mut self, user_id: &str, key_ms: i64, tuner_json: &[u8]) {
         let (users, c) = (&mut self.users, &mut self.c);
         if let Some(e) = users.get_mut(user_id) {
-            let mut hit = false;
+            let mut hit = Vec::new();
             for r in e.retained.iter_mut().filter(|r| r.key_ms == key_ms) {
                 r.tuner = Some(tuner_json.to_vec());
-                hit = true;
+                hit.push(r.sid);
             }
-            if hit {
-                c.mark_meta(e);
+            for sid in hit {
+                c.mark_retained(e, sid);
             }
         }
     }
@@ -1411,7 +1423,7 @@ impl NativeWindow {
             if let Some(e) = self.users.get_mut(&*user) {
                 e.dirty = false;
                 e.rewrite = false;
-                e.rmeta = false;
+                e.rchanged = Vec::new();
                 e.appended = Vec::new();
             }
             gc(&mut self.users, &user);
@@ -1490,6 +1502,31 @@ impl NativeWindow {
                                 slot.insert(user.clone(), order.len());
                                 order.push((user, Some(Header { o, r: Vec::new() })));
                             }
+                        }
+                    }
+                    "r" => {
+                        // one retained session's metadata: replaced by its sid, or appended
+                        let m: Meta = serde_json::from_str(
+                            x.get(2)
+                                .ok_or_else(|| corrupt("a retained-session line without it"))?
+                                .get(),
+                        )
+                        .map_err(json_err)?;
+                        let i = match slot.get(&user) {
+                            Some(&i) => i,
+                            None => {
+                                slot.insert(user.clone(), order.len());
+                                order.push((user, None));
+                                order.len() - 1
+                            }
+                        };
+                        let h = order[i].1.get_or_insert_with(|| Header {
+                            o: None,
+                            r: Vec::new(),
+                        });
+                        match h.r.iter_mut().find(|old| old.i == m.i) {
+                            Some(old) => *old = m,
+                            None => h.r.push(m),
                         }
                     }
                     "a" | "k" => {
@@ -1682,10 +1719,13 @@ fn delta_lines(win: &NativeWindow, users: Option<Vec<String>>, out: &mut Vec<u8>
                     out.extend_from_slice(b"]\n");
                     full_lines(out, e);
                 } else {
-                    if e.rmeta {
-                        header_line(out, user, e.open.as_deref(), &e.retained);
-                    } else {
-                        open_line(out, user, e.open.as_deref());
+                    open_line(out, user, e.open.as_deref());
+                    if !e.rchanged.is_empty() {
+                        // in the retained list's order
+                        for r in e.retained.iter().filter(|r| e.rchanged.contains(&r.sid)) {
+                            out.push(b'\n');
+                            retained_line(out, user, r);
+                        }
                     }
                     let mut sid = 0;
                     for l in &e.appended {

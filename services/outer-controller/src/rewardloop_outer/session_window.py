@@ -41,7 +41,8 @@ Rules:
   record's own JSON bytes, never re-serialised)::
 
       ["h", user, {"o": meta | null, "r": [meta, ...]}]   the user's header (session metadata)
-      ["o", user, meta | null]                            the open session's metadata (the "r" stays)
+      ["o", user, meta | null]                            the open session's metadata
+      ["r", user, meta]                                   a retained session's metadata (by its "i")
       ["a", user, sid, {...action...}]                    an action of session ``sid``
       ["k", user, sid, {...kpi...}]                       a KPI of session ``sid`` (0 = pending)
       ["f", user]                                         forget the user (a full state follows)
@@ -51,12 +52,14 @@ Rules:
   :meth:`delta` is what changed since the last :meth:`commit_delta`: per dirty user its header and
   the event lines *appended* since (a removal -- an expired session, a pending KPI moved into a
   session -- writes the user's full state after an ``f`` line instead). The header is an ``o`` line
-  unless a retained session's metadata changed (closed into the list, amended, re-emitted, a
-  baseline or tuner set): the retained list -- one entry per session of the attribution window, 7
-  days by default -- is not rewritten with every action of the open session (it was ~80 % of a live
-  delta's header bytes and ~40 % of all its bytes in ``make bench-outer``). :meth:`restore` replays a
-  snapshot and deltas in order. The engine appends one delta blob per checkpoint to a Redis list
-  and compacts it into a snapshot hash now and then (:mod:`.state_store`).
+  plus an ``r`` line per retained session whose metadata changed (closed into the list, amended,
+  re-emitted, given a baseline or tuner), not the ``h`` line: the retained list holds every session
+  of the attribution window (7 days by default), and rewriting it with each action made a delta grow
+  with the user's history (it was ~80 % of a live delta's header bytes, ~40 % of all its bytes in
+  ``make bench-outer``). A restore replaces the retained session with the line's ``i`` or appends it
+  (a session enters the list when it closes, in closing order: the live list's order).
+  :meth:`restore` replays a snapshot and deltas in order. The engine appends one delta blob per
+  checkpoint to a Redis list and compacts it into a snapshot hash now and then (:mod:`.state_store`).
 """
 
 from __future__ import annotations
@@ -249,6 +252,11 @@ def _open_line(uj: bytes, o: OpenSession | None) -> bytes:
     return b'["o",' + uj + b"," + (b"null" if o is None else orjson.dumps(o.meta())) + b"]"
 
 
+def _retained_line(uj: bytes, r: OpenSession) -> bytes:
+    """A retained session's metadata line (replaces the one with its sid in a restore)."""
+    return b'["r",' + uj + b"," + orjson.dumps(r.meta()) + b"]"
+
+
 def _header_line(uj: bytes, o: OpenSession | None, rs: list[OpenSession] | None) -> bytes:
     """A user's header line from its open (``None``: none) and retained sessions."""
     return (
@@ -294,11 +302,10 @@ class SessionWindow:
         self._appended: dict[str, list[bytes]] = {}  # event lines appended since then, per user
         self._rewrite: set[str] = set()  # users whose full state the next delta writes
         self._uj: dict[str, bytes] = {}  # user id -> its JSON string (lines), for dirty users
-        # users whose retained sessions' metadata changed since the last commit_delta: their delta
-        # header is a full "h" line; every other dirty user's an "o" line (the open session only).
-        # Marked wherever a user becomes dirty except by an event appended to a session (_append),
-        # and where such an event amends a retained session.
-        self._rmeta: set[str] = set()
+        # user -> the retained sessions (sids) whose metadata changed since the last commit_delta:
+        # the delta writes an "r" line for each. Marked wherever a retained session's metadata
+        # changes (_mark_retained); an event appended to the open session changes only the "o" line.
+        self._rchanged: dict[str, list[int]] = {}
         self._amended_users: set[str] = set()  # users with a retained session amended since emission
         self.unattributed_kpis = 0
         self.duplicates = 0
@@ -335,7 +342,7 @@ class SessionWindow:
         for r in self._retained.get(user_id, ()):
             if r.key_ms == key_ms:
                 r.baseline = baseline
-                self._mark_meta(user_id)
+                self._mark_retained(user_id, r.sid)
 
     def set_tuner(self, user_id: str, key_ms: int, tuner: dict[str, Any]) -> None:
         """Remember revision 0's tuner behaviour on the retained session: every revision is the complete
@@ -344,7 +351,7 @@ class SessionWindow:
         for r in self._retained.get(user_id, ()):
             if r.key_ms == key_ms:
                 r.tuner = tuner
-                self._mark_meta(user_id)
+                self._mark_retained(user_id, r.sid)
 
     def drain_late(self) -> list[LateEvent]:
         out, self._late = self._late, []
@@ -360,13 +367,15 @@ class SessionWindow:
                 uj = self._uj[user] = orjson.dumps(user)
             self._appended.setdefault(user, []).append(_event_line(kind, uj, sid, raw))
 
-    def _mark_meta(self, user: str) -> None:
-        """The user's retained sessions' metadata changed: its next delta header is a full ``h`` line."""
+    def _mark_retained(self, user: str, sid: int) -> None:
+        """Retained session ``sid``'s metadata changed: the next delta writes its ``r`` line."""
         self.dirty.add(user)
-        self._rmeta.add(user)
+        changed = self._rchanged.setdefault(user, [])
+        if sid not in changed:
+            changed.append(sid)
 
     def _mark_rewrite(self, user: str) -> None:
-        self._mark_meta(user)
+        self.dirty.add(user)
         self._rewrite.add(user)
         self._appended.pop(user, None)
 
@@ -430,7 +439,7 @@ class SessionWindow:
                 r.amended = True
                 self._amended_users.add(user)
                 self._append(user, r.sid, b"a", ev.raw)
-                self._rmeta.add(user)
+                self._mark_retained(user, r.sid)
                 return AddResult.AMENDED
         if self._too_late(t, clock):
             self.too_late_actions += 1
@@ -509,7 +518,7 @@ class SessionWindow:
                 r.amended = True
                 self._amended_users.add(user)
                 self._kpi_line(user, r.sid, ev, moved)
-                self._rmeta.add(user)
+                self._mark_retained(user, r.sid)
                 return AddResult.AMENDED
         return AddResult.UNATTRIBUTED if settled else AddResult.PENDING
 
@@ -543,8 +552,9 @@ class SessionWindow:
         if not s.key_ms:
             s.key_ms = s.start_ms
         self._closed.append(self._snapshot(s, clock))
-        self._mark_meta(user)  # the open session is gone (and retained, when retaining)
+        self.dirty.add(user)  # the open session is gone: the "o" line
         if self.retain:
+            self._mark_retained(user, s.sid)
             s.amended = False
             self._retained.setdefault(user, []).append(s)
             heapq.heappush(self._retained_heap, (s.last_ms + self.retention_ms, user))
@@ -611,7 +621,7 @@ class SessionWindow:
         r.revision += 1
         r.closed_at_ms = clock
         self.amendments += 1
-        self._mark_meta(r.user_id)
+        self._mark_retained(r.user_id, r.sid)
         return self._snapshot(r, clock)
 
     def _expire_retained(self, clock: int) -> None:
@@ -675,12 +685,12 @@ class SessionWindow:
         lines: list[bytes] = []
         # one lookup of the user's sessions for both "any state left?" and the header (a header per
         # dirty user per checkpoint: about one per record)
-        open_, retained, pending, uj_of, rmeta = (
+        open_, retained, pending, uj_of, rchanged = (
             self._open,
             self._retained,
             self._pending,
             self._uj,
-            self._rmeta,
+            self._rchanged,
         )
         for user in self.dirty if users is None else users:
             uj = uj_of.get(user) or orjson.dumps(user)
@@ -691,10 +701,10 @@ class SessionWindow:
                 lines.append(b'["f",' + uj + b"]")
                 lines.extend(self._full_lines(user, uj))
             else:
-                if user in rmeta:
-                    lines.append(_header_line(uj, o, rs))
-                else:
-                    lines.append(_open_line(uj, o))
+                lines.append(_open_line(uj, o))
+                changed = rchanged.get(user)
+                if changed:  # in the retained list's order
+                    lines.extend(_retained_line(uj, r) for r in rs or () if r.sid in changed)
                 lines.extend(self._appended.get(user, ()))
         return b"\n".join(lines)
 
@@ -704,7 +714,7 @@ class SessionWindow:
         self._appended.clear()
         self._rewrite.clear()
         self._uj.clear()
-        self._rmeta.clear()
+        self._rchanged.clear()
 
     def restore(self, blobs: Iterable[bytes]) -> int:
         """Rebuild the state from blobs of lines (a snapshot's user states, then deltas, in order).
@@ -722,6 +732,12 @@ class SessionWindow:
                 elif op == "o":  # the open session's metadata; the retained list as before
                     h = headers.get(user)
                     headers[user] = {"o": x[2], "r": [] if h is None else h["r"]}
+                elif op == "r":  # one retained session's metadata: replaced by its sid, or appended
+                    h = headers.get(user)
+                    rs = [] if h is None else list(h["r"])
+                    at = next((i for i, m in enumerate(rs) if m["i"] == x[2]["i"]), len(rs))
+                    rs[at : at + 1] = [x[2]]
+                    headers[user] = {"o": None if h is None else h["o"], "r": rs}
                 elif op in ("a", "k"):
                     # the event's own bytes, exactly as stored: '["a",' user ',' sid ',' raw ']'
                     start = 6 + len(orjson.dumps(user)) + len(str(x[2])) + 1

@@ -34,7 +34,7 @@ COMPACT_RATIO = 2
 COMPACT_MIN_BYTES = 256 * 1024
 
 # every state line starts '["<op>",<user as a JSON string>,' (the line format: .session_window)
-_LINE_USER = re.compile(rb'\["[hoakfd]",("(?:[^"\\]|\\.)*")')
+_LINE_USER = re.compile(rb'\["[horakfd]",("(?:[^"\\]|\\.)*")')
 
 
 def line_user(line: bytes) -> str:
