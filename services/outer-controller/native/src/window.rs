@@ -95,6 +95,27 @@ fn id_hash(id: &str) -> u64 {
     SEED.get_or_init(Fold::default).hash_one(id)
 }
 
+/// A hasher for keys that are hashes already ([`id_hash`]).
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = x;
+    }
+}
+
+/// The [`id_hash`]es of a user's retained actions.
+type IdHashes = std::collections::HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>;
+
 /// Up to this many events a scan of the ids' hashes (one contiguous array: no event is touched but on
 /// a hash match) beats a map; above it an index keeps de-dup O(1).
 const INDEX_AT: usize = 32;
@@ -157,6 +178,11 @@ impl<T: Keyed> EvSet<T> {
             }
             self.index = Some(Box::new(ix));
         }
+    }
+
+    /// The [`id_hash`]es of the events' ids.
+    fn hashes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.items.iter().map(|(h, _)| *h)
     }
 
     /// The events in insertion order.
@@ -302,6 +328,10 @@ struct UserEntry {
     rchanged: Vec<i64>,
     /// in `_amended_users`
     amended: bool,
+    /// the ids of every retained session's actions (their [`id_hash`]): de-duplication looks into the
+    /// retained sessions only on a hit, so its cost does not grow with the user's history (measured: at
+    /// ~11 retained sessions a user, 1 of the 3.3 µs an action cost to add)
+    retained_ids: IdHashes,
 }
 
 impl UserEntry {
@@ -318,6 +348,7 @@ impl UserEntry {
             rewrite: false,
             rchanged: Vec::new(),
             amended: false,
+            retained_ids: IdHashes::default(),
         }
     }
 
@@ -350,6 +381,21 @@ impl UserEntry {
             }
         }
         best
+    }
+
+    /// An action with this id in a retained session (`any(eid in r.actions for r in retained)`)?
+    fn retained_action(&self, id: &str) -> bool {
+        self.retained_ids.contains(&id_hash(id))
+            && self.retained.iter().any(|r| r.actions.contains(id))
+    }
+
+    /// `retained_ids` anew (the retained list lost sessions, or was restored).
+    fn index_retained(&mut self) {
+        self.retained_ids = self
+            .retained
+            .iter()
+            .flat_map(|r| r.actions.hashes())
+            .collect();
     }
 
     fn kpi_known(&self, id: &str) -> bool {
@@ -611,6 +657,7 @@ impl Core {
                 .push(Reverse((s.last_ms as i128 + self.retention, e.key.clone())));
             s.actions.shrink();
             s.kpis.shrink();
+            e.retained_ids.extend(s.actions.hashes());
             e.retained.reserve_exact(1); // users have few retained sessions: no spare ones
             e.retained.push(s);
             self.retained_count += 1;
@@ -769,6 +816,7 @@ fn expire_retained(users: &mut Users, c: &mut Core, clock: i64) {
         let before = e.retained.len();
         e.retained.retain(|r| !expired(r));
         if e.retained.len() != before {
+            e.index_retained();
             c.retained_count -= before - e.retained.len();
             c.mark_rewrite(e);
         }
@@ -909,9 +957,7 @@ impl NativeWindow {
         let eid = ev.event_id();
         // de-duplication against the user's open and retained sessions
         if let Some(e) = users.get(uid) {
-            if e.open.as_ref().is_some_and(|s| s.actions.contains(eid))
-                || e.retained.iter().any(|r| r.actions.contains(eid))
-            {
+            if e.open.as_ref().is_some_and(|s| s.actions.contains(eid)) || e.retained_action(eid) {
                 c.duplicates += 1;
                 return DUPLICATE;
             }
@@ -963,6 +1009,7 @@ impl NativeWindow {
                     r.add(ev.clone());
                     r.amended = true;
                     let sid = r.sid;
+                    e.retained_ids.insert(id_hash(eid));
                     c.mark_amended(e);
                     c.append(e, sid, Line::A(ev.clone()));
                     c.mark_retained(e, sid);
@@ -1116,6 +1163,7 @@ impl NativeWindow {
                 }
             }
         }
+        e.index_retained();
         gc(users, user);
         Ok(())
     }
