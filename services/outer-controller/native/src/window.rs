@@ -413,12 +413,25 @@ enum Line {
     K(Arc<Kpi>),
 }
 
-fn event_line(out: &mut Vec<u8>, kind: u8, user: &str, sid: i64, raw: &[u8]) {
+/// `["<op>",<user>,` -- how every state line but `f`/`d` starts
+fn line_start(out: &mut Vec<u8>, op: u8, user: &str) {
     out.extend_from_slice(b"[\"");
-    out.push(kind);
+    out.push(op);
     out.extend_from_slice(b"\",");
     json::write_str(out, user);
     out.push(b',');
+}
+
+/// the open session's metadata, or `null`
+fn open_meta(out: &mut Vec<u8>, o: Option<&Session>) {
+    match o {
+        Some(s) => s.write_meta(out),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn event_line(out: &mut Vec<u8>, kind: u8, user: &str, sid: i64, raw: &[u8]) {
+    line_start(out, kind, user);
     json::write_i64(out, sid);
     out.push(b',');
     out.extend_from_slice(raw);
@@ -427,33 +440,22 @@ fn event_line(out: &mut Vec<u8>, kind: u8, user: &str, sid: i64, raw: &[u8]) {
 
 /// `_retained_line`: a retained session's metadata (replaces the one with its sid in a restore)
 fn retained_line(out: &mut Vec<u8>, user: &str, r: &Session) {
-    out.extend_from_slice(b"[\"r\",");
-    json::write_str(out, user);
-    out.push(b',');
+    line_start(out, b'r', user);
     r.write_meta(out);
     out.push(b']');
 }
 
 /// `_open_line`: the open session's metadata
 fn open_line(out: &mut Vec<u8>, user: &str, o: Option<&Session>) {
-    out.extend_from_slice(b"[\"o\",");
-    json::write_str(out, user);
-    out.push(b',');
-    match o {
-        Some(s) => s.write_meta(out),
-        None => out.extend_from_slice(b"null"),
-    }
+    line_start(out, b'o', user);
+    open_meta(out, o);
     out.push(b']');
 }
 
 fn header_line(out: &mut Vec<u8>, user: &str, o: Option<&Session>, rs: &[Session]) {
-    out.extend_from_slice(b"[\"h\",");
-    json::write_str(out, user);
-    out.extend_from_slice(b",{\"o\":");
-    match o {
-        Some(s) => s.write_meta(out),
-        None => out.extend_from_slice(b"null"),
-    }
+    line_start(out, b'h', user);
+    out.extend_from_slice(b"{\"o\":");
+    open_meta(out, o);
     out.extend_from_slice(b",\"r\":[");
     for (i, r) in rs.iter().enumerate() {
         if i > 0 {
@@ -889,6 +891,32 @@ impl Meta {
 struct Header {
     o: Option<Meta>,
     r: Vec<Meta>,
+}
+
+/// The third item of a state line, parsed (`what`: the error when there is none).
+fn third<T: serde::de::DeserializeOwned>(x: &[&RawValue], what: &str) -> PyResult<T> {
+    serde_json::from_str(x.get(2).ok_or_else(|| corrupt(what))?.get()).map_err(json_err)
+}
+
+/// A user's header in a restore (dict semantics of the Python version: a user seen before keeps its
+/// place; a new one, or one an `f`/`d` line removed, goes last and starts without sessions).
+fn header_of<'a>(
+    order: &'a mut Vec<(String, Option<Header>)>,
+    slot: &mut HashMap<String, usize>,
+    user: String,
+) -> &'a mut Header {
+    let i = match slot.get(&user) {
+        Some(&i) => i,
+        None => {
+            slot.insert(user.clone(), order.len());
+            order.push((user, None));
+            order.len() - 1
+        }
+    };
+    order[i].1.get_or_insert_with(|| Header {
+        o: None,
+        r: Vec::new(),
+    })
 }
 
 struct StoredEvent {
@@ -1519,59 +1547,18 @@ impl NativeWindow {
                 let user: String = serde_json::from_str(x[1].get()).map_err(json_err)?;
                 match op {
                     "h" => {
-                        let h: Header = serde_json::from_str(
-                            x.get(2)
-                                .ok_or_else(|| corrupt("a header without sessions"))?
-                                .get(),
-                        )
-                        .map_err(json_err)?;
-                        match slot.get(&user) {
-                            Some(&i) => order[i].1 = Some(h),
-                            None => {
-                                slot.insert(user.clone(), order.len());
-                                order.push((user, Some(h)));
-                            }
-                        }
+                        let h: Header = third(&x, "a header without sessions")?;
+                        *header_of(&mut order, &mut slot, user) = h;
                     }
                     "o" => {
                         // the open session's metadata; the retained list as before
-                        let o: Option<Meta> = serde_json::from_str(
-                            x.get(2)
-                                .ok_or_else(|| corrupt("an open-session line without it"))?
-                                .get(),
-                        )
-                        .map_err(json_err)?;
-                        match slot.get(&user) {
-                            Some(&i) => match order[i].1.as_mut() {
-                                Some(h) => h.o = o,
-                                None => order[i].1 = Some(Header { o, r: Vec::new() }),
-                            },
-                            None => {
-                                slot.insert(user.clone(), order.len());
-                                order.push((user, Some(Header { o, r: Vec::new() })));
-                            }
-                        }
+                        let o: Option<Meta> = third(&x, "an open-session line without it")?;
+                        header_of(&mut order, &mut slot, user).o = o;
                     }
                     "r" => {
                         // one retained session's metadata: replaced by its sid, or appended
-                        let m: Meta = serde_json::from_str(
-                            x.get(2)
-                                .ok_or_else(|| corrupt("a retained-session line without it"))?
-                                .get(),
-                        )
-                        .map_err(json_err)?;
-                        let i = match slot.get(&user) {
-                            Some(&i) => i,
-                            None => {
-                                slot.insert(user.clone(), order.len());
-                                order.push((user, None));
-                                order.len() - 1
-                            }
-                        };
-                        let h = order[i].1.get_or_insert_with(|| Header {
-                            o: None,
-                            r: Vec::new(),
-                        });
+                        let m: Meta = third(&x, "a retained-session line without it")?;
+                        let h = header_of(&mut order, &mut slot, user);
                         match h.r.iter_mut().find(|old| old.i == m.i) {
                             Some(old) => *old = m,
                             None => h.r.push(m),
