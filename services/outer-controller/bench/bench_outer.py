@@ -82,6 +82,19 @@ def events(n: int, users: int, seed: int = 1) -> list[tuple[str, bytes]]:
     return out
 
 
+def consumer_conf(bootstrap: str, group: str, s: OuterSettings) -> dict[str, Any]:
+    """A bench consumer from offset 0, with the fetch settings the service gives its consumer
+    (rewardloop_outer.__main__)."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "fetch.min.bytes": s.outer_fetch_min_bytes,
+        "fetch.wait.max.ms": s.outer_fetch_wait_max_ms,
+    }
+
+
 def controller(bootstrap: str, redis_url: str, topic: str, kpi: str, native: bool) -> DurableController:
     group = f"bench-{uuid.uuid4().hex[:6]}"
     s = OuterSettings(
@@ -99,16 +112,10 @@ def controller(bootstrap: str, redis_url: str, topic: str, kpi: str, native: boo
     )
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
+            **consumer_conf(bootstrap, group, s),
             "partition.assignment.strategy": "range",
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
-            # as the service configures its consumer (rewardloop_outer.__main__)
-            "fetch.min.bytes": s.outer_fetch_min_bytes,
-            "fetch.wait.max.ms": s.outer_fetch_wait_max_ms,
         }
     )
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4"})
@@ -158,29 +165,26 @@ def live_producer(
     cpu.put((time.process_time() - c0, time.monotonic() - t0))
 
 
+def start_live_producer(bootstrap: str, topic: str, n: int, users: int, rate: float) -> tuple[Any, Any, Any]:
+    """:func:`live_producer` in a PROCESS of its own, its records generated (a thread would share the
+    controller's GIL; spawned, not forked: the controller's librdkafka threads must not be forked):
+    (the process, the event that starts it producing, the queue its CPU use arrives in)."""
+    mp = multiprocessing.get_context("spawn")
+    ready, go, prod_cpu = mp.Event(), mp.Event(), mp.Queue()
+    args = (bootstrap, topic, n, users, rate, ready, go, prod_cpu)
+    prod = mp.Process(target=live_producer, args=args, daemon=True)
+    prod.start()
+    ready.wait(600)
+    return prod, go, prod_cpu
+
+
 def warm_up(bootstrap: str, topic: str, rate: float, seconds: float, users: int) -> dict[str, Any]:
     """Records at ``rate`` for ``seconds`` through the broker (produced by another process, consumed
     here by a plain consumer with the controller's fetch settings), so that its JIT has compiled the
     produce and fetch paths before anything is measured."""
     n = int(rate * seconds)
-    mp = multiprocessing.get_context("spawn")
-    ready, go, prod_cpu = mp.Event(), mp.Event(), mp.Queue()
-    prod = mp.Process(
-        target=live_producer, args=(bootstrap, topic, n, users, rate, ready, go, prod_cpu), daemon=True
-    )
-    prod.start()
-    ready.wait(600)
-    s = OuterSettings()
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"warmup-{uuid.uuid4().hex[:6]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "fetch.min.bytes": s.outer_fetch_min_bytes,
-            "fetch.wait.max.ms": s.outer_fetch_wait_max_ms,
-        }
-    )
+    prod, go, _ = start_live_producer(bootstrap, topic, n, users, rate)
+    c = Consumer(consumer_conf(bootstrap, f"warmup-{uuid.uuid4().hex[:6]}", OuterSettings()))
     c.subscribe([topic])
     broker = broker_pid()
     j0, t0 = jit_cpu_seconds(broker), time.monotonic()
@@ -193,7 +197,7 @@ def warm_up(bootstrap: str, topic: str, rate: float, seconds: float, users: int)
     return {
         "records": got,
         "seconds": round(time.monotonic() - t0, 1),
-        "broker_jit_cores": cores_since(j0, t0, broker),
+        "broker_jit_cores": jit_cores_since(j0, t0, broker),
     }
 
 
@@ -218,7 +222,8 @@ def jit_cpu_seconds(pid: int) -> float:
     return total
 
 
-def cores_since(jit0: float, t0: float, pid: int) -> float:
+def jit_cores_since(jit0: float, t0: float, pid: int) -> float:
+    """The JIT threads' CPU since ``jit0`` (:func:`jit_cpu_seconds` at ``t0``), in cores."""
     return round((jit_cpu_seconds(pid) - jit0) / (time.monotonic() - t0), 2)
 
 
@@ -236,15 +241,9 @@ def cpu_seconds(pid: int, tid: str | None = None) -> float:
 def lag_phase(
     bootstrap: str, redis_url: str, topic: str, kpi: str, native: bool, rate: float, a: argparse.Namespace
 ) -> dict[str, Any]:
-    """Events produced live at ``rate`` by another PROCESS (a thread would share the controller's GIL;
-    spawned, not forked: the controller's librdkafka threads must not be forked)."""
+    """Events produced live at ``rate`` by another process (:func:`start_live_producer`)."""
     n_live = int(rate * a.seconds)
-    mp = multiprocessing.get_context("spawn")
-    ready, go, prod_cpu = mp.Event(), mp.Event(), mp.Queue()
-    args = (bootstrap, topic, n_live, a.users, rate, ready, go, prod_cpu)
-    prod = mp.Process(target=live_producer, args=args, daemon=True)
-    prod.start()
-    ready.wait(600)
+    prod, go, prod_cpu = start_live_producer(bootstrap, topic, n_live, a.users, rate)
     deadline = time.monotonic() + 120
     ctl = controller(bootstrap, redis_url, topic, kpi, native)
     ctl.record_lag = True
@@ -265,7 +264,7 @@ def lag_phase(
         ctl.run_once()
     wall = time.monotonic() - t0
     cores = {k: round((cpu_seconds(pid) - cpu0[k]) / wall, 2) for k, pid in procs.items()}
-    cores["broker_jit"] = cores_since(jit0, t0, broker)
+    cores["broker_jit"] = jit_cores_since(jit0, t0, broker)
     p_cpu, p_wall = prod_cpu.get(timeout=60)
     cores["producer"] = round(p_cpu / p_wall, 2)
     prod.join(10)
@@ -349,7 +348,7 @@ def main() -> int:
             ctl.run_once()
         ctl.checkpoint_and_produce()
         elapsed = time.perf_counter() - t0
-        tput_jit = cores_since(jit0, tj, broker_pid())
+        tput_jit = jit_cores_since(jit0, tj, broker_pid())
         ctl.shutdown()
         # 2. lag at steady rates (a topic each)
         lags = [

@@ -651,7 +651,7 @@ impl Core {
             s.key_ms = s.start_ms;
         }
         self.closed.push(s.snapshot(&e.key, clock));
-        self.mark_dirty(e); // the open session is gone: the `o` line
+        self.mark_dirty(e); // the `o` line (the open session may be gone)
         if self.retain {
             self.mark_retained(e, s.sid);
             s.amended = false;

@@ -552,7 +552,7 @@ class SessionWindow:
         if not s.key_ms:
             s.key_ms = s.start_ms
         self._closed.append(self._snapshot(s, clock))
-        self.dirty.add(user)  # the open session is gone: the "o" line
+        self.dirty.add(user)  # the "o" line (the open session may be gone)
         if self.retain:
             self._mark_retained(user, s.sid)
             s.amended = False
