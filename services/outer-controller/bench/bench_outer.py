@@ -238,6 +238,19 @@ def cpu_seconds(pid: int, tid: str | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_schedstat() -> tuple[float, float]:
+    """The calling thread's CPU seconds and seconds spent runnable but waiting for a CPU
+    (``/proc/thread-self/schedstat``: on a saturated machine the second grows)."""
+    cpu_ns, wait_ns, _ = Path("/proc/thread-self/schedstat").read_text().split()
+    return int(cpu_ns) / 1e9, int(wait_ns) / 1e9
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (``/proc/stat``: everything but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def lag_phase(
     bootstrap: str, redis_url: str, topic: str, kpi: str, native: bool, rate: float, a: argparse.Namespace
 ) -> dict[str, Any]:
@@ -257,12 +270,14 @@ def lag_phase(
     procs = {"controller": os.getpid(), "broker": broker, "redis": stack_pid("redis")}
     cpu0 = {k: cpu_seconds(pid) for k, pid in procs.items()}
     jit0 = jit_cpu_seconds(broker)
+    main0, busy0 = thread_schedstat(), machine_busy_seconds()
     go.set()
     t0 = time.monotonic()
     deadline = t0 + a.seconds + 120
     while (prod.is_alive() or consumed(ctl) < n_live) and time.monotonic() < deadline:
         ctl.run_once()
     wall = time.monotonic() - t0
+    main1, busy1 = thread_schedstat(), machine_busy_seconds()
     cores = {k: round((cpu_seconds(pid) - cpu0[k]) / wall, 2) for k, pid in procs.items()}
     cores["broker_jit"] = jit_cores_since(jit0, t0, broker)
     p_cpu, p_wall = prod_cpu.get(timeout=60)
@@ -279,7 +294,14 @@ def lag_phase(
         "p99": pct(0.99),
         "max": lag[-1] if lag else None,
         "produced_per_s": round(n_live / p_wall),
+        "seconds_to_catch_up": round(wall, 1),
         "cpu_cores": cores,
+        "machine_busy_cores": round((busy1 - busy0) / wall, 2),
+        # the controller's loop thread: its CPU per event, and the share of the phase it was ready to
+        # run but every core was busy (the bench shares the machine with the broker, Redis and the
+        # producer process)
+        "controller_main_cpu_us_per_event": round((main1[0] - main0[0]) / n_live * 1e6, 2),
+        "controller_main_waiting_for_cpu": round((main1[1] - main0[1]) / wall, 2),
     }
 
 
@@ -343,11 +365,14 @@ def main() -> int:
         while not ctl.shards and time.monotonic() < deadline:
             ctl.run_once()
         jit0, tj = jit_cpu_seconds(broker_pid()), time.monotonic()
+        cpu0, busy0 = cpu_seconds(os.getpid()), machine_busy_seconds()
         t0 = time.perf_counter()
         while consumed(ctl) < a.events and time.monotonic() < deadline:
             ctl.run_once()
         ctl.checkpoint_and_produce()
         elapsed = time.perf_counter() - t0
+        tput_cpu = (cpu_seconds(os.getpid()) - cpu0) / a.events * 1e6
+        tput_busy = (machine_busy_seconds() - busy0) / elapsed
         tput_jit = jit_cores_since(jit0, tj, broker_pid())
         ctl.shutdown()
         # 2. lag at steady rates (a topic each)
@@ -365,6 +390,8 @@ def main() -> int:
                         "users": a.users,
                         "seconds": round(elapsed, 3),
                         "events_per_s": round(a.events / elapsed),
+                        "controller_cpu_us_per_event": round(tput_cpu, 2),
+                        "machine_busy_cores": round(tput_busy, 2),
                         "broker_jit_cores": tput_jit,
                     },
                     "lag_ms": lags,
