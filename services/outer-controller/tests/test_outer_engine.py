@@ -150,12 +150,17 @@ def settings(**kw: Any) -> OuterSettings:
         "outer_checkpoint_interval_ms": 0,
         "outer_consumer_group": "g1",
         "outer_update_batch_sessions": 5,
+        # these tests step the loop and look at Redis, the commits and the produced records after each
+        # step: the inline write; the pipelined one (the service's default) is tested by its outcome
+        "outer_checkpoint_pipeline": False,
     }
     base.update(kw)
     return OuterSettings(**base)
 
 
-def make(log: Log, rds: redis.Redis, skew: str | None = None, **kw: Any) -> DurableController:
+def make(
+    log: Log, rds: redis.Redis, skew: str | None = None, max_batch: int = 2000, **kw: Any
+) -> DurableController:
     s = settings(**kw)
     m = OuterMetrics(registry=CollectorRegistry())
     store = WeightsStore(rds)
@@ -167,6 +172,7 @@ def make(log: Log, rds: redis.Redis, skew: str | None = None, **kw: Any) -> Dura
         make_tuner(s, store, m),
         m,
         now_ms=lambda: 0,
+        max_batch=max_batch,
     )
 
 
@@ -193,10 +199,13 @@ def run_to_end(ctl: DurableController, steps: int = 500) -> None:
     ctl.checkpoint_and_flush()
 
 
-def test_crash_and_replay_yield_the_same_sessions(rds: redis.Redis) -> None:
+@pytest.mark.parametrize("pipeline", [False, True], ids=["inline-write", "pipelined-write"])
+def test_crash_and_replay_yield_the_same_sessions(rds: redis.Redis, pipeline: bool) -> None:
+    # the write goes to the writer thread only while the loop is behind (a full batch): batches of 5
+    kw: dict[str, Any] = {"outer_checkpoint_pipeline": True, "max_batch": 5} if pipeline else {}
     ref_log = Log()
     stream(ref_log)
-    ref = make(ref_log, rds, outer_consumer_group="ref")
+    ref = make(ref_log, rds, outer_consumer_group="ref", **kw)
     ref.subscribe()
     run_to_end(ref)
     want = final_sessions(ref_log)
@@ -205,16 +214,17 @@ def test_crash_and_replay_yield_the_same_sessions(rds: redis.Redis) -> None:
     log = Log()
     log.data = ref_log.data
     for crash_after in (3, 11, 17):
-        ctl = make(log, rds, outer_consumer_group="crashy")
+        ctl = make(log, rds, outer_consumer_group="crashy", **kw)
         ctl.subscribe()
         for _ in range(crash_after):
             ctl.run_once()
         # "kill -9": no shutdown, no flush; whatever was not checkpointed is lost
         ctl.producer.pending.clear()
-    ctl = make(log, rds, outer_consumer_group="crashy")
+    ctl = make(log, rds, outer_consumer_group="crashy", **kw)
     ctl.subscribe()
     run_to_end(ctl)
     assert final_sessions(log) == want
+    assert (ctl._writer is not None) == pipeline  # the pipelined runs did write on the writer thread
     late_ref = {json.loads(v)["event_id"] for t, _, v in ref_log.out if t == L}
     late = {json.loads(v)["event_id"] for t, _, v in log.out if t == L}
     assert late == late_ref

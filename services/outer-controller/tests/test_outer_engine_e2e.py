@@ -192,6 +192,7 @@ class Harness:
             "outer_min_sessions": 1,
             "outer_shadow_mode": False,
             "outer_exploration_slice": 0.0,
+            "outer_checkpoint_pipeline": False,  # stepped and inspected per step (test_outer_engine)
         }
         s = OuterSettings(**(base | kw))
         m = OuterMetrics(registry=CollectorRegistry())
