@@ -29,8 +29,8 @@ environment variables:
   OUTER_ATTRIBUTION_WINDOW_SECONDS  delayed KPIs credited to a closed session (default 604800)
   OUTER_LATE_TOPIC              late/unattributed events (default recsys.sessions.late)
   OUTER_CHECKPOINT_INTERVAL_MS  state checkpoint cadence (default 100)
-  OUTER_CHECKPOINT_PIPELINE     while behind (full batches), write the checkpoint on a thread of its
-                                own as the loop goes on (default true; false: always inline)
+  OUTER_CHECKPOINT_PIPELINE     while behind (3 full batches in a row), write the checkpoint on
+                                a thread of its own as the loop goes on (default true; false: inline)
   OUTER_GC_FREEZE_INTERVAL_S / OUTER_GC_FULL_INTERVAL_S  freeze the state out of the GC (0.25; 0 = off) /
                                 full collection cadence (900)
   OUTER_KAPPA_INITIAL / OUTER_KAPPA_FINAL / OUTER_KAPPA_ANNEAL_DAYS / OUTER_KAPPA_ANCHOR_MS

@@ -118,6 +118,10 @@ class Shard:
 LAG_SAMPLE_EVERY = 64
 
 
+#: the loop counts as behind (its checkpoint write pipelined) after this many full batches in a row
+PIPELINE_AFTER_FULL_BATCHES = 3
+
+
 @dataclass
 class _PendingWrite:
     """One checkpoint's payload, taken from the shards: per shard its delta, the ids in its new outbox
@@ -237,6 +241,7 @@ class DurableController:
         self._writer: ThreadPoolExecutor | None = None
         self._inflight: tuple[Future[tuple[int, float]], _PendingWrite] | None = None
         self._landed_pws: list[_PendingWrite] = []  # landed, offsets not committed / tuner not fed yet
+        self._full_batches = 0  # consumed full batches in a row: the loop is behind
         self._queues: dict[tuple[str, int], deque[Any]] = {}
         self._paused: set[tuple[str, int]] = set()
         self._idle_since: dict[tuple[str, int], float] = {}
@@ -309,6 +314,7 @@ class DurableController:
         rate = self.s.outer_max_records_per_second
         n = self.max_batch if not rate else max(1, min(self.max_batch, rate // 10))
         msgs = self._consume(n)
+        self._full_batches = self._full_batches + 1 if len(msgs) >= n else 0
         # by (topic, partition), natively (a few method calls per message); records already in the
         # state are skipped when applied (handle / ingest_actions compare with the shard's offsets)
         groups, errors = group_messages(msgs)
@@ -337,12 +343,12 @@ class DurableController:
             self._last_lag = t0
         self.producer.poll(0)
         if (time.monotonic() - self._last_checkpoint) * 1000 >= self.s.outer_checkpoint_interval_ms:
-            # behind (a full batch): write on the writer thread while the loop goes on -- more records/s
-            # (from a 10^6-event backlog 97-103k -> 98-124k); caught up: inline, the lower latency
-            # (the writer thread waits for the GIL at each of its Python steps: P99 at 50 000/s +15 ms
-            # or more when pipelined)
-            # (inline lands a write still in flight first)
-            if self.s.outer_checkpoint_pipeline and len(msgs) >= n:
+            # behind (PIPELINE_AFTER_FULL_BATCHES full batches in a row): write on the writer thread
+            # while the loop goes on -- more records/s (from a 10^6-event backlog 97-103k -> 98-124k);
+            # otherwise inline, the lower latency (the writer thread waits for the GIL at each of its
+            # Python steps: pipelined after every full batch, P99 at 50 000/s went 89-94 -> 102-261 ms,
+            # a single full batch happening there now and then); inline lands a write in flight first
+            if self.s.outer_checkpoint_pipeline and self._full_batches >= PIPELINE_AFTER_FULL_BATCHES:
                 self._checkpoint_pipelined()
             else:
                 self.checkpoint_and_produce()

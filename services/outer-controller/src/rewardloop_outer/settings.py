@@ -29,7 +29,7 @@ class OuterSettings(CommonSettings):
     outer_attribution_window_seconds: float = Field(default=7 * 86_400.0, ge=0, allow_inf_nan=False)
     outer_late_topic: str = Field(default="recsys.sessions.late", min_length=1)
     outer_checkpoint_interval_ms: int = Field(default=100, ge=0)
-    #: while the loop is behind (it consumed a full batch), its checkpoint write runs on a thread of its
+    #: while the loop is behind (three full batches in a row), its checkpoint write runs on a thread of its
     #: own and the loop applies the next records meanwhile; caught up, and with false, it is inline
     outer_checkpoint_pipeline: bool = True
     #: past this many bytes (or the snapshot's size, if larger) a shard's delta log is compacted into
