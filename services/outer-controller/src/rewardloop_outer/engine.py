@@ -786,22 +786,13 @@ class DurableController:
         return wall_ms(), time.perf_counter() - t0
 
     def _land_inflight(self) -> None:
-        """Wait for the write in flight (if any) and handle its outcome as :meth:`_write_and_land` does."""
+        """Wait for the write in flight (if any), handle its outcome, and act on it if it landed."""
         if self._inflight is None:
             return
         fut, pw = self._inflight
         self._inflight = None
-        try:
-            done_ms, took = fut.result()
-        except Fenced as exc:
-            self._fenced(exc)
-            return
-        except (RedisError, OSError) as exc:
-            self._write_failed(pw, exc)
-            return
-        self._landed(pw, took, done_ms)
-        self._landed_pws.append(pw)
-        self._after_landing()
+        if self._settle(pw, fut.result):
+            self._after_landing()
 
     def _take(self) -> _PendingWrite:
         """Take every shard's changes since the last take (the windows start tracking afresh): the
@@ -840,8 +831,14 @@ class DurableController:
         m.state_bytes.labels(partition=p, part="snapshot").set(shard.log.snap_bytes)
 
     def _write_and_land(self, pw: _PendingWrite) -> bool:
+        return self._settle(pw, lambda: self._write(pw))
+
+    def _settle(self, pw: _PendingWrite, outcome: Callable[[], tuple[int, float]]) -> bool:
+        """The outcome of ``pw``'s write (inline, or the writer thread's future): fenced -> drop the
+        shards; failed -> sent again first next time; landed -> bookkept, its offsets and tuner records
+        queued for :meth:`_after_landing`. ``True`` when it landed."""
         try:
-            done_ms, took = self._write(pw)
+            done_ms, took = outcome()
         except Fenced as exc:
             self._fenced(exc)
             return False
