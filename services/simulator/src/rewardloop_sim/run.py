@@ -4,6 +4,11 @@ Time is compressed: the simulator's event clock runs `--speedup` times faster th
 starting now. The outer controller closes sessions on *event time* (its clock is the max event time
 it has seen, or the wall clock if later), so the real 30-minute session gap is honoured while a one
 minute run still covers hours of user activity.
+
+A run therefore leaves the controller's clock hours ahead of the wall clock (60 s x 240 = 4 h). The
+next run, if it started its clock at "now", would send only events the controller must treat as late
+(amendments of old sessions, or too late to place), and no session would close. So the clock starts
+at the later of now and one session gap after the newest event already on the input topics.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from rewardloop_common.settings import CommonSettings
 from .clients import GatewayClient, ScorerClient
 from .recomind_world import RecoMindWorld
 from .summary import collect_summary, print_summary
+from .topics import newest_event_time_ms
 from .world import World
 
 
@@ -74,8 +80,8 @@ def simulate(
     gap_ms = int(settings.outer_session_gap_seconds * 1000)
     stats = RunStats(versions_seen=set())
 
+    sim0_ms = start_of_event_clock(settings, gap_ms, int(time.time() * 1000))
     wall0 = time.monotonic()
-    sim0_ms = int(time.time() * 1000)
 
     def sim_now_ms() -> int:
         return sim0_ms + int((time.monotonic() - wall0) * 1000 * speedup)
@@ -104,6 +110,23 @@ def simulate(
         scorer.close()
         gateway.close()
     return stats
+
+
+def start_of_event_clock(settings: SimSettings, gap_ms: int, now_ms: int) -> int:
+    """`now_ms`, or one session gap after the newest event on the input topics when that is later
+    (what an earlier run left: its sessions all close, and none of this run's events is late)."""
+    newest = newest_event_time_ms(
+        settings.kafka_bootstrap_servers, (settings.kafka_topic_reward_raw, settings.kafka_topic_kpi_raw)
+    )
+    if newest is None or newest + gap_ms <= now_ms:
+        return now_ms
+    start = newest + gap_ms
+    print(
+        f"event clock starts {(start - now_ms) / 3_600_000:.1f} h ahead of the wall clock: "
+        "one session gap after the newest event an earlier run left on Kafka",
+        file=sys.stderr,
+    )
+    return start
 
 
 def _step_user(

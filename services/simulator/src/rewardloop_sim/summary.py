@@ -6,11 +6,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, TopicPartition
-
 from rewardloop_common.weights_store import WeightsStore
 
 from .clients import ScorerClient
+from .topics import count_since, session_revisions_since
 
 if TYPE_CHECKING:
     from .run import RunStats, SimSettings
@@ -23,7 +22,8 @@ class Summary:
     sessions_simulated: int
     purchases: int
     topic_events: dict[str, int]
-    sessions_closed: int
+    sessions_closed: int  # revision 0 records: sessions this run closed
+    amendments: int = 0  # higher revisions: late events / delayed KPIs for already closed sessions
     pushes: list[dict[str, object]] = field(default_factory=list)
     redis_version: int = 0
     scorer_version: int = 0
@@ -42,25 +42,6 @@ class Summary:
             and bool(self.pushes)
             and self.scorer_on_newest
         )
-
-
-def count_since(bootstrap: str, topic: str, since_ms: int) -> int:
-    """Records appended to `topic` at or after `since_ms` (broker offsets, not what we sent)."""
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "rewardloop-summary", "enable.auto.commit": False}
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=10)
-        partitions = [TopicPartition(topic, p, since_ms) for p in metadata.topics[topic].partitions]
-        starts = consumer.offsets_for_times(partitions, timeout=10)
-        total = 0
-        for tp in starts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
-            start = tp.offset if tp.offset >= 0 else high  # -1: nothing at or after since_ms
-            total += max(0, high - max(start, low))
-        return total
-    finally:
-        consumer.close()
 
 
 def collect_summary(settings: SimSettings, stats: RunStats, *, since_ms: int, settle_s: float) -> Summary:
@@ -87,6 +68,9 @@ def collect_summary(settings: SimSettings, stats: RunStats, *, since_ms: int, se
                 settings.kafka_topic_sessions,
             )
         }
+        closed, amended = session_revisions_since(
+            settings.kafka_bootstrap_servers, settings.kafka_topic_sessions, since_ms
+        )
         pushes = [
             {"version": d.version, "source": d.source, "weights": d.weights.model_dump(), "reason": d.reason}
             for d in reversed(store.history("default", 100))
@@ -98,7 +82,8 @@ def collect_summary(settings: SimSettings, stats: RunStats, *, since_ms: int, se
             sessions_simulated=stats.sessions_ended,
             purchases=stats.purchases,
             topic_events=topics,
-            sessions_closed=topics[settings.kafka_topic_sessions],
+            sessions_closed=closed,
+            amendments=amended,
             pushes=pushes,
             redis_version=redis_doc.version,
             scorer_version=config.version,
@@ -127,6 +112,7 @@ def print_summary(s: Summary) -> None:
         "events on Kafka (this run):",
         *(f"  {topic:<27}{n:>8}" for topic, n in s.topic_events.items()),
         f"sessions closed (outer loop) {s.sessions_closed:>8}",
+        f"  + amendments               {s.amendments:>8}  (late events or delayed KPIs for closed sessions)",
         f"weight versions pushed       {len(s.pushes):>8}",
         *(f"  v{p['version']:<4} by {p['source']:<17} {fmt(p['weights'])}" for p in s.pushes),  # type: ignore[arg-type]
         f"newest version in Redis      {s.redis_version:>8}",
