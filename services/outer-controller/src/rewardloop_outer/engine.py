@@ -860,6 +860,9 @@ class DurableController:
         log.error("fenced: another controller owns a shard; rejoining the group", error=str(exc))
         self.metrics.checkpoint_errors.labels(reason="fenced").inc()
         self._retry = None
+        # sessions closed since the last take are not durable either: the replay re-emits them (with
+        # a pipelined write the loop went on after the take, so this queue is not empty then)
+        self._tuner_queue = []
         self.shards.clear()
         self._queues.clear()
         self._paused.clear()
