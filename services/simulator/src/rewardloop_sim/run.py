@@ -175,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
             "logged propensities), the users click / dwell / skip, the slate is scored by the inner-reward "
             "service over gRPC, and sparse purchases go to the gateway over HTTP. Event time runs "
             "--speedup times faster than the wall clock so sessions (30-minute gap) close within a short "
-            "run. Addresses come from the services' env vars (INNER_REWARD_GRPC_ADDR, GATEWAY_PORT, "
+            "run; it starts now, or one session gap after the newest event an earlier run left on Kafka "
+            "when that is later (else the outer controller would see only late events). Addresses come "
+            "from the services' env vars (INNER_REWARD_GRPC_ADDR, GATEWAY_PORT, "
             "KAFKA_BOOTSTRAP_SERVERS, REDIS_URL, OUTER_SESSION_GAP_SECONDS)."
         ),
     )
