@@ -45,7 +45,8 @@ from prometheus_client import CollectorRegistry
 from rewardloop_common.admin import create_topics
 from rewardloop_common.kafka import encode_json
 from rewardloop_common.testing import make_reward_event
-from rewardloop_outer.engine import DurableController
+from rewardloop_common.weights_store import WeightsStore
+from rewardloop_outer.engine import DurableController, make_tuner
 from rewardloop_outer.metrics import OuterMetrics
 from rewardloop_outer.settings import OuterSettings
 from rewardloop_outer.state_store import RedisStateStore
@@ -95,7 +96,11 @@ def consumer_conf(bootstrap: str, group: str, s: OuterSettings) -> dict[str, Any
     }
 
 
-def controller(bootstrap: str, redis_url: str, topic: str, kpi: str, native: bool) -> DurableController:
+def controller(
+    bootstrap: str, redis_url: str, topic: str, kpi: str, native: bool, tuner: str = "none"
+) -> DurableController:
+    """The controller under test; ``tuner``: ``none`` (the path into session state alone) or the
+    service's tuner with its defaults (``drlput``: shadow mode, 10 000 sessions before a push)."""
     group = f"bench-{uuid.uuid4().hex[:6]}"
     s = OuterSettings(
         kafka_bootstrap_servers=bootstrap,
@@ -109,6 +114,7 @@ def controller(bootstrap: str, redis_url: str, topic: str, kpi: str, native: boo
         outer_session_gap_seconds=60,
         outer_checkpoint_interval_ms=50,
         outer_native=native,
+        outer_tuner="correlation" if tuner == "correlation" else "drlput",  # unused with "none"
     )
     consumer = Consumer(
         {
@@ -120,13 +126,14 @@ def controller(bootstrap: str, redis_url: str, topic: str, kpi: str, native: boo
     )
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4"})
     rds = redis.Redis.from_url(redis_url)
+    metrics = OuterMetrics(CollectorRegistry())
     return DurableController(
         s,
         consumer,
         producer,
         RedisStateStore(rds, group, s.outer_state_compression),
-        None,
-        OuterMetrics(CollectorRegistry()),
+        None if tuner == "none" else make_tuner(s, WeightsStore(rds), metrics),
+        metrics,
         max_batch=10_000,
     )
 
@@ -258,7 +265,7 @@ def lag_phase(
     n_live = int(rate * a.seconds)
     prod, go, prod_cpu = start_live_producer(bootstrap, topic, n_live, a.users, rate)
     deadline = time.monotonic() + 120
-    ctl = controller(bootstrap, redis_url, topic, kpi, native)
+    ctl = controller(bootstrap, redis_url, topic, kpi, native, a.tuner)
     ctl.record_lag = True
     # one record in 8 (the first of every batch too): observing every record's lag cost ~15 % of the
     # controller's time at 10^5 records/s -- the measurement would slow down what it measures
@@ -329,6 +336,13 @@ def main() -> int:
         help="seconds of records at the highest --rate through the fresh broker before measuring, so "
         "that its JIT has compiled the hot paths (default 40; 0: none)",
     )
+    ap.add_argument(
+        "--tuner",
+        choices=["none", "drlput", "correlation"],
+        default="none",
+        help="none (default): Kafka into session state alone; drlput / correlation: each closed session "
+        "also goes to the weight tuner, as in the service (its defaults: shadow mode, 10 000 sessions)",
+    )
     ap.add_argument("--keep-stack", action="store_true")
     a = ap.parse_args()
     native = a.impl == "native"
@@ -359,7 +373,7 @@ def main() -> int:
         evs = events(a.events, a.users)
         produce(bootstrap, t_topic, evs)
         # 1. throughput from a backlog
-        ctl = controller(bootstrap, redis_url, t_topic, kpi, native)
+        ctl = controller(bootstrap, redis_url, t_topic, kpi, native, a.tuner)
         ctl.subscribe()
         deadline = time.monotonic() + 300
         while not ctl.shards and time.monotonic() < deadline:
@@ -392,6 +406,7 @@ def main() -> int:
             json.dumps(
                 {
                     "impl": a.impl,
+                    "tuner": a.tuner,
                     "warmup": warm,
                     "throughput": {
                         "events": a.events,

@@ -15,6 +15,7 @@ from outer_streams import final_sessions as _final
 from outer_streams import stream_items, tick_event
 from prometheus_client import CollectorRegistry
 
+from rewardloop_common.events import SessionRecord
 from rewardloop_common.kafka import encode_json
 from rewardloop_common.testing import RedisServer, make_kpi_event, make_reward_event
 from rewardloop_common.weights_store import WeightsStore
@@ -23,6 +24,7 @@ from rewardloop_outer.engine import DurableController, make_tuner
 from rewardloop_outer.metrics import OuterMetrics
 from rewardloop_outer.settings import OuterSettings
 from rewardloop_outer.state_store import LZ4_MAGIC, Fenced, RedisStateStore, unpack
+from rewardloop_outer.weight_update import TunerSession
 
 R, K, S, L = "recsys.reward.raw", "recsys.kpi.raw", "recsys.sessions", "recsys.sessions.late"
 T0 = 1_763_888_400_000
@@ -237,6 +239,24 @@ def test_crash_and_replay_yield_the_same_sessions(rds: redis.Redis, pipeline: bo
     late_ref = {json.loads(v)["event_id"] for t, _, v in ref_log.out if t == L}
     late = {json.loads(v)["event_id"] for t, _, v in log.out if t == L}
     assert late == late_ref
+
+
+def test_the_tuner_reads_the_same_from_the_json_as_from_the_record_model(rds: redis.Redis) -> None:
+    """The controller feeds the tuner TunerSession.from_json(record bytes) instead of validating the
+    whole SessionRecord: for every record of a run (with KPIs, amendments, late events) both agree."""
+    log = Log()
+    stream(log, users=60)
+    ctl = make(log, rds)
+    ctl.subscribe()
+    run_to_end(ctl)
+    raws = [v for t, _, v in log.out if t == S]
+    assert len(raws) >= 150
+    with_kpi = 0
+    for raw in raws:
+        rec = SessionRecord.model_validate_json(raw)
+        assert TunerSession.from_json(raw) == TunerSession.of(rec)
+        with_kpi += rec.business is not None and rec.business.value != 0
+    assert with_kpi >= 10
 
 
 class SlowFlakyStore:

@@ -24,6 +24,7 @@ from rewardloop_common.weights import BUILTIN_WEIGHTS
 from rewardloop_common.weights_store import WeightsStore
 from rewardloop_outer.metrics import OuterMetrics
 from rewardloop_outer.tuner import (
+    MAX_IW,
     Policy,
     WeightTuner,
     decode_action,
@@ -220,6 +221,34 @@ def test_reinforce_gradient_points_to_the_better_action() -> None:
     assert [int(i) for i in grad.argmax(axis=1)] == [2, 0, 1]
     assert np.allclose(grad.sum(axis=1), 0.0)  # softmax gradients sum to zero per group
     assert not reinforce_gradient(policy, actions, mus, np.full(len(actions), 0.3)).any()
+
+
+def test_the_batched_gradient_equals_the_per_session_sum() -> None:
+    """reinforce_gradient / probs_of do the batch at once; the per-session loop they replaced (the
+    formula as written) gives the same numbers."""
+
+    def per_session(policy: Policy, actions: list[list[int]], mus: np.ndarray, r: np.ndarray) -> np.ndarray:
+        probs = policy.probs()
+        iw = np.minimum(MAX_IW, np.array([policy.prob(a) for a in actions]) / mus)
+        baseline = float((iw * r).sum()) / float(iw.sum())
+        adv = (r - baseline) / (float(r.std()) + 1e-6)
+        grad = np.zeros_like(policy.theta)
+        for a, w, ad in zip(actions, iw, adv, strict=True):
+            grad -= w * ad * probs
+            for g, lvl in enumerate(a):
+                grad[g, lvl] += w * ad
+        return grad / float(iw.sum())
+
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 200):
+        policy = Policy(rng.normal(size=(3, 10)))
+        actions = [[int(x) for x in rng.integers(0, 10, size=3)] for _ in range(n)]
+        mus = rng.uniform(0.001, 1.0, size=n)
+        rewards = rng.uniform(size=n)
+        want = per_session(policy, actions, mus, rewards)
+        assert np.allclose(reinforce_gradient(policy, actions, mus, rewards), want, rtol=1e-12, atol=1e-15)
+        got = policy.probs_of(np.asarray(actions))
+        assert np.array_equal(got, [policy.prob(a) for a in actions])
 
 
 def test_relative_gain_gate_blocks_a_move_the_logged_data_does_not_support(store: WeightsStore) -> None:

@@ -59,6 +59,7 @@ from .settings import OuterSettings
 from .state_log import StateLog, restore_log
 from .state_store import Fenced, ShardDelta, StateStore
 from .tradeoff import TradeoffTracker
+from .weight_update import TunerSession
 
 log = get_logger("rewardloop.outer.engine")
 
@@ -1084,7 +1085,7 @@ class DurableController:
         if self.tuner is None:
             return
         for raw in queue:
-            rec = SessionRecord.model_validate_json(raw)
+            rec = TunerSession.from_json(raw)  # not the whole SessionRecord: ~6x cheaper
             try:
                 self.tuner.add(rec)
             except (RedisError, OSError) as exc:

@@ -40,8 +40,11 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from rewardloop_common.events import SessionRecord
+import orjson
+
+from rewardloop_common.events import SessionRecord, SessionTuner
 from rewardloop_common.logging import get_logger
 from rewardloop_common.weights import WEIGHT_BOUNDS, WEIGHT_NAMES, Weights, WeightsDocument
 from rewardloop_common.weights_store import WeightsStore
@@ -75,6 +78,64 @@ def session_features(rec: SessionRecord) -> SessionFeatures:
         skip=sum(1 for s in rec.steps if s.skipped) / n,
         relevance=sum(s.predicted_relevance for s in rec.steps) / n,
     )
+
+
+def _step_features(steps: list[dict[str, Any]]) -> SessionFeatures:
+    """:func:`session_features` over a record's decoded JSON steps (the same sums, the same order)."""
+    n = len(steps)
+    if n == 0:
+        return SessionFeatures(0.0, 0.0, 0.0, 0.0)
+    return SessionFeatures(
+        click=sum(1 for s in steps if s["clicked"]) / n,
+        dwell=sum(math.log1p(max(0.0, s["dwell_seconds"])) for s in steps) / n,
+        skip=sum(1 for s in steps if s["skipped"]) / n,
+        relevance=sum(s["predicted_relevance"] for s in steps) / n,
+    )
+
+
+@dataclass(frozen=True)
+class TunerSession:
+    """What the weight rules read of a closed session: its segment, behaviour, kappa, business value
+    and step features. The controller builds it from the record's JSON (:meth:`from_json`, ~6x
+    cheaper than validating the whole :class:`SessionRecord`, which was the tuner's largest cost per
+    session); anything else from the model (:meth:`of`)."""
+
+    segment: str
+    tuner: SessionTuner | None
+    kappa: float | None
+    business_reward: float
+    value: float  # business.value (the KPI priorities' blend), else business_reward
+    features: SessionFeatures
+
+    @classmethod
+    def of(cls, rec: SessionRecord | TunerSession) -> TunerSession:
+        if isinstance(rec, TunerSession):
+            return rec
+        return cls(
+            rec.segment,
+            rec.tuner,
+            rec.kappa,
+            rec.business_reward,
+            rec.business.value if rec.business else rec.business_reward,
+            session_features(rec),
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TunerSession:
+        """From a record the controller wrote (valid by construction: the fields are not re-checked,
+        except the tuner's, which pydantic builds)."""
+        d = orjson.loads(raw)
+        tuner = d.get("tuner")
+        business = d.get("business")
+        br = float(d["business_reward"])
+        return cls(
+            d["segment"],
+            None if tuner is None else SessionTuner.model_validate(tuner),
+            d.get("kappa"),
+            br,
+            float(business["value"]) if business else br,
+            _step_features(d["steps"]),
+        )
 
 
 def pearson(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -116,11 +177,15 @@ class WeightUpdate:
 
 
 def compute_update(
-    current: Weights, sessions: Sequence[SessionRecord], learning_rate: float, max_step: float
+    current: Weights,
+    sessions: Sequence[SessionRecord | TunerSession],
+    learning_rate: float,
+    max_step: float,
 ) -> WeightUpdate:
     """Apply steps 1-4 of the rule to one batch (pure)."""
-    feats = [session_features(s) for s in sessions]
-    ys = [s.business_reward for s in sessions]
+    samples = [TunerSession.of(s) for s in sessions]
+    feats = [s.features for s in samples]
+    ys = [s.business_reward for s in samples]
     corr: dict[str, float] = {}
     delta: dict[str, float] = {}
     new: dict[str, float] = {}
