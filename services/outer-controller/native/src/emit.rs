@@ -1,6 +1,7 @@
 //! Closing a shard's due sessions and building their records in one call: what the engine's
-//! `close_due` loop does per session (`DurableController._emit` for the native window without a tuner
-//! and with discounted credit), without a Python round trip per session. A session the native record
+//! `close_due` loop does per session (`DurableController._emit` for the native window with discounted
+//! credit), without a Python round trip per session -- except one call for revision 0's tuner
+//! behaviour when a tuner runs (its state lives in Python). A session the native record
 //! path cannot decide (see `record::build_record`) stops the batch: it and the sessions after it go
 //! back to the Python loop, in order, with the baselines computed so far.
 
@@ -44,11 +45,14 @@ fn kappa_at(
 ///
 /// Arguments as `session_record`, plus: `kappa` = the schedule `(initial, final, anneal_ms,
 /// anchor_ms, override)`, `baselines` = the shard's segment -> EMA dict (updated for revision 0 with
-/// `alpha`), `business_hist` = where revision 0's business rewards are observed.
-/// Returns `(records, points, n_sessions, n_amendments, rest, fresh)`: `records` = `(record id,
-/// user_id, value)`; `points` = the trade-off points `(max weights_version, explore_action, clicks,
+/// `alpha`), `business_hist` = where revision 0's business rewards are observed, `behaviour` =
+/// `None` (no tuner) or `f(segment, first step's (explore_action, explore_probability,
+/// exploration_version) or None) -> bytes | None`: revision 0's tuner field (the dict's orjson bytes).
+/// Returns `(records, points, n_sessions, n_amendments, rest, fresh, fresh_tuners)`: `records` =
+/// `(record id, user_id, value, is revision 0)`; `points` = the trade-off points `(max weights_version, explore_action, clicks,
 /// dwell, business value)` of revision-0 sessions; `rest` = the closed sessions left to the Python
-/// path (in order); `fresh` = session_key -> baseline of the revision-0 sessions done here.
+/// path (in order); `fresh` = session_key -> baseline of the revision-0 sessions done here,
+/// `fresh_tuners` = their (session_key, tuner bytes).
 #[pyfunction]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn close_records<'py>(
@@ -63,6 +67,7 @@ pub fn close_records<'py>(
     credit_model: &str,
     credit_hist: &Bound<'py, CreditHistogram>,
     business_hist: &Bound<'py, CreditHistogram>,
+    behaviour: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<(
     Bound<'py, PyList>,
     Vec<(i64, Option<i64>, f64, f64, f64)>,
@@ -70,6 +75,7 @@ pub fn close_records<'py>(
     u64,
     Vec<Closed>,
     Bound<'py, PyDict>,
+    Vec<(String, Bound<'py, PyBytes>)>,
 )> {
     let priorities = dict_items(priorities);
     // the shard's baselines as (insertion-ordered) pairs: written back in the dict's order, new
@@ -82,10 +88,36 @@ pub fn close_records<'py>(
     let mut guard = window.borrow_mut();
     let w: &mut NativeWindow = &mut guard;
     // without the GIL (another thread can consume meanwhile)
+    let closed = py.detach(|| w.close_due_core(now_ms));
+    // revision 0's tuner behaviour comes from Python (the tuner's state: exploration documents,
+    // current weights): one call per session with (segment, first step's exploration fields)
+    let mut tuners: Vec<Option<Vec<u8>>> = Vec::with_capacity(closed.len());
+    for c in &closed {
+        let t = match behaviour {
+            Some(f) if c.revision == 0 => {
+                let first = c.actions.first().map(|a| {
+                    (
+                        a.explore_action(),
+                        a.explore_probability(),
+                        a.exploration_version(),
+                    )
+                });
+                let out = f.call1((c.segment.as_str(), first))?;
+                if out.is_none() {
+                    None
+                } else {
+                    Some(out.cast::<PyBytes>()?.as_bytes().to_vec())
+                }
+            }
+            _ => None,
+        };
+        tuners.push(t);
+    }
     let b = py.detach(move || {
         close_batch(
             w,
-            now_ms,
+            closed,
+            tuners,
             gamma,
             kappa,
             &priorities,
@@ -100,31 +132,38 @@ pub fn close_records<'py>(
         baselines.set_item(k, *v)?;
     }
     let records = PyList::empty(py);
-    for (rid, user, json) in &b.records {
-        records.append((rid, &**user, PyBytes::new(py, json)))?;
+    for (rid, user, json, rev0) in &b.records {
+        records.append((rid, &**user, PyBytes::new(py, json), *rev0))?;
     }
     let fresh = PyDict::new(py);
     for (k, v) in &b.fresh {
         fresh.set_item(k, *v)?;
     }
     let rest = b.rest.into_iter().map(|core| Closed { core }).collect();
-    Ok((records, b.points, b.n0, b.n1, rest, fresh))
+    let fresh_tuners = b
+        .fresh_tuners
+        .iter()
+        .map(|(k, t)| (k.clone(), PyBytes::new(py, t)))
+        .collect();
+    Ok((records, b.points, b.n0, b.n1, rest, fresh, fresh_tuners))
 }
 
 struct Batch {
-    records: Vec<(String, std::sync::Arc<str>, Vec<u8>)>,
+    records: Vec<(String, std::sync::Arc<str>, Vec<u8>, bool)>,
     points: Vec<(i64, Option<i64>, f64, f64, f64)>,
     n0: u64,
     n1: u64,
     rest: Vec<ClosedCore>,
     fresh: Vec<(String, f64)>,
+    fresh_tuners: Vec<(String, Vec<u8>)>,
     baselines: Vec<(String, f64)>,
 }
 
 #[allow(clippy::too_many_arguments)]
 fn close_batch(
     w: &mut NativeWindow,
-    now_ms: i64,
+    closed: Vec<ClosedCore>,
+    tuners: Vec<Option<Vec<u8>>>,
     gamma: f64,
     kappa: (f64, f64, i64, i64, Option<f64>),
     priorities: &[(String, f64)],
@@ -134,7 +173,6 @@ fn close_batch(
     credit_hist: &CreditHistogram,
     business_hist: &CreditHistogram,
 ) -> Batch {
-    let closed = w.close_due_core(now_ms);
     let mut b = Batch {
         records: Vec::with_capacity(closed.len()),
         points: Vec::new(),
@@ -142,28 +180,49 @@ fn close_batch(
         n1: 0,
         rest: Vec::new(),
         fresh: Vec::new(),
+        fresh_tuners: Vec::new(),
         baselines: Vec::new(),
     };
     let mut fresh: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
-    let mut it = closed.into_iter();
-    while let Some(mut c) = it.next() {
+    let mut fresh_t: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut it = closed.into_iter().zip(tuners);
+    while let Some((mut c, tuner0)) = it.next() {
         let skey = c.session_key();
         if c.revision > 0 && c.baseline.is_none() {
             if let Some(&f) = fresh.get(&skey) {
                 c.baseline = Some(f);
             }
         }
+        // the record's tuner field: the behaviour for revision 0; revision 0's for an amendment
+        // (stored on the session, or closed in this same batch)
+        let tuner: Option<Vec<u8>> = if c.revision == 0 {
+            tuner0
+        } else {
+            c.tuner
+                .clone()
+                .or_else(|| fresh_t.get(&skey).map(|&i| b.fresh_tuners[i].1.clone()))
+        };
         let seg = c.segment.as_str();
         let slot = baselines.iter().position(|(k, _)| k == seg);
         let base: Option<f64> = match c.baseline {
             Some(v) if c.revision > 0 => Some(v),
             _ => slot.map(|i| baselines[i].1),
         };
-        let out = kappa_at(c.end_ms, kappa)
-            .and_then(|k| build_record(&c, gamma, k, priorities, base, None, credit_model, None));
+        let out = kappa_at(c.end_ms, kappa).and_then(|k| {
+            build_record(
+                &c,
+                gamma,
+                k,
+                priorities,
+                base,
+                None,
+                credit_model,
+                tuner.as_deref(),
+            )
+        });
         let Some(r) = out else {
             b.rest.push(c);
-            b.rest.extend(it);
+            b.rest.extend(it.map(|(c, _)| c));
             break;
         };
         if c.revision == 0 {
@@ -177,6 +236,16 @@ fn close_batch(
             }
             let key_ms = if c.key_ms != 0 { c.key_ms } else { c.start_ms };
             w.set_baseline(&c.user_id, key_ms, r.baseline);
+            if let Some(t) = tuner {
+                w.set_tuner(&c.user_id, key_ms, &t);
+                match fresh_t.get(&skey) {
+                    Some(&i) => b.fresh_tuners[i].1 = t,
+                    None => {
+                        fresh_t.insert(skey.clone(), b.fresh_tuners.len());
+                        b.fresh_tuners.push((skey.clone(), t));
+                    }
+                }
+            }
             if fresh.insert(skey.clone(), r.baseline).is_none() {
                 b.fresh.push((skey.clone(), r.baseline));
             } else if let Some(e) = b.fresh.iter_mut().find(|(k, _)| *k == skey) {
@@ -195,6 +264,7 @@ fn close_batch(
             format!("s:{}:{}", skey, c.revision),
             c.user_id.clone(),
             r.json,
+            c.revision == 0,
         ));
     }
     b.baselines = baselines;

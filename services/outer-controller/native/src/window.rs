@@ -1462,7 +1462,7 @@ impl NativeWindow {
     }
 
     /// Remember revision 0's tuner behaviour (`orjson.dumps` of the dict) on the retained session.
-    fn set_tuner(&mut self, user_id: &str, key_ms: i64, tuner_json: &[u8]) {
+    pub(crate) fn set_tuner(&mut self, user_id: &str, key_ms: i64, tuner_json: &[u8]) {
         let (users, c) = (&mut self.users, &mut self.c);
         if let Some(e) = users.get_mut(user_id) {
             let mut hit = Vec::new();

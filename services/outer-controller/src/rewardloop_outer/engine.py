@@ -561,8 +561,8 @@ class DurableController:
             # was taken before revision 0's tuner and baseline were stored on the session: take them from here
             fresh_tuners: dict[str, SessionTuner] = {}
             fresh_baselines: dict[str, float] = {}
-            if shard.core is not None and self.tuner is None and self.on_record is None:
-                closed_list = self._close_native(shard, now_ms, fresh_baselines)
+            if shard.core is not None and self.on_record is None:
+                closed_list = self._close_native(shard, now_ms, fresh_baselines, fresh_tuners)
             else:
                 closed_list = w.close_due(now_ms)
             for closed in closed_list:
@@ -582,15 +582,22 @@ class DurableController:
                 self._emit_late(shard, late, f"l:{late.kind}:{late.event_id}")
         self.metrics.open_sessions.set(sum(s.window.open_count for s in self.shards.values()))
 
-    def _close_native(self, shard: Shard, now_ms: int, fresh_baselines: dict[str, float]) -> list[Any]:
-        """The native window's due sessions and their records in one native call (no tuner, and
-        discounted credit: per session, nothing here needs Python); the sessions it leaves (from the
-        first unusual one on, or all with a credit model loaded) go through :meth:`_emit`."""
+    def _close_native(
+        self,
+        shard: Shard,
+        now_ms: int,
+        fresh_baselines: dict[str, float],
+        fresh_tuners: dict[str, SessionTuner],
+    ) -> list[Any]:
+        """The native window's due sessions and their records in one native call (discounted credit:
+        per session only the tuner's behaviour needs Python, :meth:`_behaviour_json`); the sessions it
+        leaves (from the first unusual one on, or all with a credit model loaded) go through
+        :meth:`_emit`."""
         ctx = self.ctx
         if ctx.credit.model is not None:
             return shard.window.close_due(now_ms)  # type: ignore[return-value]
         m, k = self.metrics, ctx.kappa
-        records, points, n_sessions, n_amended, rest, fresh = close_records(
+        records, points, n_sessions, n_amended, rest, fresh, tuners = close_records(
             shard.core,
             now_ms,
             ctx.gamma,
@@ -601,11 +608,15 @@ class DurableController:
             ctx.credit.name,
             m.step_credit_native,
             m.business_reward_native,
+            None if self.tuner is None else self._behaviour_json,
         )
         topic, outbox, new = self.s.kafka_topic_sessions, shard.outbox, shard.outbox_new
-        for rid, user, value in records:
+        queue = None if self.tuner is None else self._tuner_queue
+        for rid, user, value, rev0 in records:
             outbox[rid] = (topic, user.encode(), value)
             new.add(rid)
+            if rev0 and queue is not None:
+                queue.append(value)
         if n_sessions:
             m.sessions_closed.inc(n_sessions)
             m.observe_credit(ctx.credit.name, (), n_sessions)
@@ -615,7 +626,24 @@ class DurableController:
         for p in points:
             add_point(*p)
         fresh_baselines.update(fresh)
+        if rest:  # amendments among them take revision 0's tuner from here
+            fresh_tuners.update((skey, SessionTuner.model_validate_json(t)) for skey, t in tuners)
         return [NativeClosed(c) for c in rest]
+
+    def _behaviour_json(self, segment: str, first: tuple[Any, Any, Any] | None) -> bytes | None:
+        """Revision 0's ``tuner`` field for the native close (the bytes :meth:`_native_record` and
+        ``set_tuner`` would write); ``None`` (no field) if the tuner fails -- closed sessions must not
+        be lost on the way out of the native call."""
+        assert self.tuner is not None  # passed to the native close only with a tuner
+        try:
+            tuner = self.tuner.behaviour_for(segment, None if first is None else _Explore(*first))
+            return orjson.dumps(tuner.model_dump(mode="json", exclude_unset=True))
+        except Exception as exc:  # noqa: BLE001
+            log.exception(
+                "tuner behaviour failed; session recorded without it", segment=segment, error=str(exc)
+            )
+            self.metrics.tuner_errors.labels(reason="error").inc()
+            return None
 
     def _emit(
         self,
