@@ -49,7 +49,8 @@ fn kappa_at(
 /// `None` (no tuner) or `f(segment, first step's (explore_action, explore_probability,
 /// exploration_version) or None) -> bytes | None`: revision 0's tuner field (the dict's orjson bytes).
 /// Returns `(records, points, n_sessions, n_amendments, rest, fresh, fresh_tuners)`: `records` =
-/// `(record id, user_id, value, is revision 0)`; `points` = the trade-off points `(max weights_version, explore_action, clicks,
+/// `(record id, user_id, value, tuned)` (`tuned`: revision 0's `(segment, kappa, business_reward,
+/// business value, click rate, mean ln(1 + dwell), skip rate, mean relevance)`, else `None`); `points` = the trade-off points `(max weights_version, explore_action, clicks,
 /// dwell, business value)` of revision-0 sessions; `rest` = the closed sessions left to the Python
 /// path (in order); `fresh` = session_key -> baseline of the revision-0 sessions done here,
 /// `fresh_tuners` = their (session_key, tuner bytes).
@@ -132,8 +133,8 @@ pub fn close_records<'py>(
         baselines.set_item(k, *v)?;
     }
     let records = PyList::empty(py);
-    for (rid, user, json, rev0) in &b.records {
-        records.append((rid, &**user, PyBytes::new(py, json), *rev0))?;
+    for (rid, user, json, tuned) in b.records {
+        records.append((rid, &*user, PyBytes::new(py, &json), tuned))?;
     }
     let fresh = PyDict::new(py);
     for (k, v) in &b.fresh {
@@ -148,8 +149,16 @@ pub fn close_records<'py>(
     Ok((records, b.points, b.n0, b.n1, rest, fresh, fresh_tuners))
 }
 
+/// What the weight tuner reads of a revision-0 session (`weight_update.TunerSession` without the
+/// tuner): segment, kappa, business_reward, business value, click rate, mean ln(1 + dwell), skip rate,
+/// mean relevance.
+type Tuned = (String, f64, f64, f64, f64, f64, f64, f64);
+
+/// (record id, user_id, value, revision 0's tuner fields)
+type RecordItem = (String, std::sync::Arc<str>, Vec<u8>, Option<Tuned>);
+
 struct Batch {
-    records: Vec<(String, std::sync::Arc<str>, Vec<u8>, bool)>,
+    records: Vec<RecordItem>,
     points: Vec<(i64, Option<i64>, f64, f64, f64)>,
     n0: u64,
     n1: u64,
@@ -208,7 +217,8 @@ fn close_batch(
             Some(v) if c.revision > 0 => Some(v),
             _ => slot.map(|i| baselines[i].1),
         };
-        let out = kappa_at(c.end_ms, kappa).and_then(|k| {
+        let k_at = kappa_at(c.end_ms, kappa);
+        let out = k_at.and_then(|k| {
             build_record(
                 &c,
                 gamma,
@@ -260,11 +270,24 @@ fn close_batch(
         } else {
             b.n1 += 1;
         }
+        let tuned = (c.revision == 0).then(|| {
+            let [click, dwell, skip, rel] = r.features;
+            (
+                seg.to_string(),
+                k_at.unwrap_or_default(),
+                r.business_reward,
+                r.value,
+                click,
+                dwell,
+                skip,
+                rel,
+            )
+        });
         b.records.push((
             format!("s:{}:{}", skey, c.revision),
             c.user_id.clone(),
             r.json,
-            c.revision == 0,
+            tuned,
         ));
     }
     b.baselines = baselines;

@@ -269,6 +269,9 @@ pub struct RecordOut {
     pub clicks: f64,
     pub dwell: f64,
     pub max_weights_version: i64,
+    /// the weight tuner's step features (`weight_update.session_features`, summed in step order):
+    /// click rate, mean ln(1 + dwell), skip rate, mean predicted relevance
+    pub features: [f64; 4],
 }
 
 /// `record_json(compute_record(...), tuner)` for one closed session; `None` where the Python code
@@ -372,6 +375,7 @@ pub fn build_record(
     let mut clicks = 0i64;
     let mut dwell = 0.0;
     let mut max_wv = i64::MIN;
+    let (mut skips, mut log_dwell, mut relevance) = (0i64, 0.0f64, 0.0f64);
     for (i, a) in actions.iter().enumerate() {
         if i > 0 {
             o.push(b',');
@@ -409,6 +413,15 @@ pub fn build_record(
         clicks += a.clicked as i64;
         dwell += a.dwell_seconds;
         max_wv = max_wv.max(a.weights_version);
+        skips += a.skipped as i64;
+        // max(0.0, d) as Python evaluates it (0.0 unless d is greater)
+        log_dwell += (if a.dwell_seconds > 0.0 {
+            a.dwell_seconds
+        } else {
+            0.0
+        })
+        .ln_1p();
+        relevance += a.predicted_relevance;
     }
     o.extend_from_slice(b"],\"discounted_return\":");
     write_f64(&mut o, g0);
@@ -485,6 +498,12 @@ pub fn build_record(
         clicks: clicks as f64,
         dwell,
         max_weights_version: max_wv,
+        features: [
+            clicks as f64 / n as f64,
+            log_dwell / n as f64,
+            skips as f64 / n as f64,
+            relevance / n as f64,
+        ],
     })
 }
 

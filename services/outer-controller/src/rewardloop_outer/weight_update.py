@@ -40,7 +40,6 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
@@ -69,37 +68,35 @@ class SessionFeatures:
 
 
 def session_features(rec: SessionRecord) -> SessionFeatures:
-    n = len(rec.steps)
-    if n == 0:
-        return SessionFeatures(0.0, 0.0, 0.0, 0.0)
-    return SessionFeatures(
-        click=sum(1 for s in rec.steps if s.clicked) / n,
-        dwell=sum(math.log1p(max(0.0, s.dwell_seconds)) for s in rec.steps) / n,
-        skip=sum(1 for s in rec.steps if s.skipped) / n,
-        relevance=sum(s.predicted_relevance for s in rec.steps) / n,
-    )
+    return _features([(s.clicked, s.dwell_seconds, s.skipped, s.predicted_relevance) for s in rec.steps])
 
 
-def _step_features(steps: list[dict[str, Any]]) -> SessionFeatures:
-    """:func:`session_features` over a record's decoded JSON steps (the same sums, the same order)."""
+def _features(steps: Sequence[tuple[bool, float, bool, float]]) -> SessionFeatures:
+    """The four features of (clicked, dwell_seconds, skipped, predicted_relevance) steps. Summed one by
+    one in step order, as the native close does (``sum()`` of floats is compensated from Python 3.12
+    on: the same batch would give the tuner other last bits on the two paths)."""
     n = len(steps)
     if n == 0:
         return SessionFeatures(0.0, 0.0, 0.0, 0.0)
-    return SessionFeatures(
-        click=sum(1 for s in steps if s["clicked"]) / n,
-        dwell=sum(math.log1p(max(0.0, s["dwell_seconds"])) for s in steps) / n,
-        skip=sum(1 for s in steps if s["skipped"]) / n,
-        relevance=sum(s["predicted_relevance"] for s in steps) / n,
-    )
+    clicks = skips = 0
+    dwell = relevance = 0.0
+    for clicked, dwell_s, skipped, rel in steps:
+        clicks += clicked
+        dwell += math.log1p(max(0.0, dwell_s))
+        skips += skipped
+        relevance += rel
+    return SessionFeatures(click=clicks / n, dwell=dwell / n, skip=skips / n, relevance=relevance / n)
 
 
 @dataclass(frozen=True)
 class TunerSession:
     """What the weight rules read of a closed session: its segment, behaviour, kappa, business value
-    and step features. The controller builds it from the record's JSON (:meth:`from_json`, ~6x
-    cheaper than validating the whole :class:`SessionRecord`, which was the tuner's largest cost per
-    session); anything else from the model (:meth:`of`)."""
+    and step features. The controller's native close returns these fields with each revision-0
+    record; the Python close builds it from the record's JSON (:meth:`from_json`, ~6x cheaper than
+    validating the whole :class:`SessionRecord`, which was the tuner's largest cost per session);
+    anything else from the model (:meth:`of`)."""
 
+    session_key: str
     segment: str
     tuner: SessionTuner | None
     kappa: float | None
@@ -112,6 +109,7 @@ class TunerSession:
         if isinstance(rec, TunerSession):
             return rec
         return cls(
+            rec.session_key,
             rec.segment,
             rec.tuner,
             rec.kappa,
@@ -128,13 +126,17 @@ class TunerSession:
         tuner = d.get("tuner")
         business = d.get("business")
         br = float(d["business_reward"])
+        steps = [
+            (s["clicked"], s["dwell_seconds"], s["skipped"], s["predicted_relevance"]) for s in d["steps"]
+        ]
         return cls(
+            d["session_key"],
             d["segment"],
             None if tuner is None else SessionTuner.model_validate(tuner),
             d.get("kappa"),
             br,
             float(business["value"]) if business else br,
-            _step_features(d["steps"]),
+            _features(steps),
         )
 
 
