@@ -9,10 +9,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from rewardloop_common.events import SessionBusiness, SessionRecord
+from rewardloop_common.events import SessionBusiness, SessionRecord, SessionTuner
 from rewardloop_common.exploration import (
     ExplorationDocument,
     assign,
@@ -127,6 +128,35 @@ def _serve(
     rec.tuner = t.behaviour(rec, first)
     assert rec.tuner.logged and rec.tuner.propensity == pytest.approx(marginal(doc, store, rec.tuner.action))
     return t.add(rec)
+
+
+def test_memoised_behaviour_follows_the_documents_and_the_weights(store: WeightsStore) -> None:
+    """behaviour_json memoises behaviour_for: it must answer as behaviour_for does after a new
+    exploration document and after the segment's weights moved (the memo key carries both)."""
+    t = tuner(store)
+
+    def check(first: tuple[int | None, float | None, int | None] | None) -> SessionTuner:
+        raw, got = t.behaviour_json("default", first)
+        want = t.behaviour_for(
+            "default",
+            None
+            if first is None
+            else SimpleNamespace(
+                explore_action=first[0], explore_probability=first[1], exploration_version=first[2]
+            ),
+        )
+        assert got == want and orjson.loads(raw) == want.model_dump(mode="json", exclude_unset=True)
+        return got
+
+    firsts = [None, (None, None, None), (None, 0.9, 1), (3, 0.01, 1), (3, 0.01, 2), (None, 0.9, 2)]
+    before = [check(f) for f in firsts]  # no document published yet: the logged values stand
+    t.maybe_publish_exploration("default")  # version 1, centred on the current weights
+    after_doc = [check(f) for f in firsts]
+    assert after_doc[2].propensity != before[2].propensity  # the document's correction applies now
+    t.publish_exploration("default", t.exploration_actions([7, 7, 7])[0][1], "moved")  # new weights, v2
+    t._wcache.clear()  # the 5-second weights cache: read the moved weights now
+    after_move = [check(f) for f in firsts]
+    assert after_move[0].action != after_doc[0].action  # the current action followed the weights
 
 
 def marginal(doc: ExplorationDocument, store: WeightsStore, action: list[int]) -> float:

@@ -653,8 +653,7 @@ class DurableController:
         be lost on the way out of the native call."""
         assert self.tuner is not None  # passed to the native close only with a tuner
         try:
-            tuner = self.tuner.behaviour_for(segment, None if first is None else _Explore(*first))
-            raw = orjson.dumps(tuner.model_dump(mode="json", exclude_unset=True))
+            raw, tuner = self.tuner.behaviour_json(segment, first)
             if len(self._tuner_objs) >= 4096:  # a few distinct behaviours in practice; bounded anyway
                 self._tuner_objs.clear()
             self._tuner_objs[raw] = tuner

@@ -59,9 +59,10 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 
 from rewardloop_common.events import SessionRecord, SessionTuner
 from rewardloop_common.exploration import MAX_ACTIONS
@@ -84,6 +85,7 @@ SKIP_PER_QUALITY = -0.375
 MIN_ENTROPY = 0.05
 MAX_IW = 10.0
 MAX_REMEMBERED_DOCS = 256  # published exploration documents kept for the propensity correction
+MAX_MEMO_BEHAVIOURS = 4096  # memoised behaviours (a few distinct ones per document in practice)
 
 
 def level_value(group: int, level: int, levels: int) -> float:
@@ -184,6 +186,14 @@ def reinforce_gradient(
     return grad / total
 
 
+class _First(NamedTuple):
+    """A session's first step as :meth:`WeightTuner.behaviour_for` reads it."""
+
+    explore_action: int | None
+    explore_probability: float | None
+    exploration_version: int | None
+
+
 @dataclass
 class Policy:
     theta: np.ndarray  # (groups, levels)
@@ -279,6 +289,7 @@ class WeightTuner:
         self._explore_centre: dict[str, list[int]] = {}
         # documents this tuner published: (segment, version) -> (centre action id, slice, action ids)
         self._docs: dict[tuple[str, int], tuple[int, float, frozenset[int]]] = {}
+        self._behaviours: dict[tuple[Any, ...], tuple[bytes, SessionTuner]] = {}
 
     def _ctx(self, segment: str) -> str:
         return segment if self.per_segment else "default"
@@ -290,6 +301,26 @@ class WeightTuner:
         step (``first``: an event with ``explore_*`` fields); the current action with propensity 1
         when no exploration document was active."""
         return self.behaviour_for(rec.segment, first)
+
+    def behaviour_json(
+        self, segment: str, first: tuple[int | None, float | None, int | None] | None
+    ) -> tuple[bytes, SessionTuner]:
+        """:meth:`behaviour_for` a session whose first step logged ``first`` = ``(explore_action,
+        explore_probability, exploration_version)`` (``None``: no steps), with the record field's bytes
+        (``orjson`` of the dict without unset fields). Memoised on everything the answer depends on --
+        the logged fields, the document they name (as this tuner remembers it) and the current grid
+        action: building and dumping the model was ~2/3 of the tuner's cost per closed session."""
+        act_id, prob, version = first if first is not None else (None, None, None)
+        doc = None if prob is None or version is None else self._docs.get((segment, version))
+        key = (segment, act_id, prob, version, doc, tuple(self._current_action(segment)))
+        hit = self._behaviours.get(key)
+        if hit is None:
+            tuner = self.behaviour_for(segment, None if first is None else _First(*first))
+            hit = (orjson.dumps(tuner.model_dump(mode="json", exclude_unset=True)), tuner)
+            if len(self._behaviours) >= MAX_MEMO_BEHAVIOURS:
+                self._behaviours.clear()
+            self._behaviours[key] = hit
+        return hit
 
     def behaviour_for(self, segment: str, first: Any = None) -> SessionTuner:
         """:meth:`behaviour` of a session of ``segment`` (the engine has no record model to pass).
