@@ -28,11 +28,13 @@ from rewardloop_outer.tuner import (
     MAX_IW,
     Policy,
     WeightTuner,
+    batch_rewards,
     decode_action,
     encode_action,
     nearest_action,
     reinforce_gradient,
 )
+from rewardloop_outer.weight_update import SessionFeatures, TunerSession
 
 # shared with the scorer (docs/architecture.md, "Assignment"): the same strings, the same hashes
 HASH_VECTORS = {
@@ -279,6 +281,42 @@ def test_the_batched_gradient_equals_the_per_session_sum() -> None:
         assert np.allclose(reinforce_gradient(policy, actions, mus, rewards), want, rtol=1e-12, atol=1e-15)
         got = policy.probs_of(np.asarray(actions))
         assert np.array_equal(got, [policy.prob(a) for a in actions])
+
+
+def test_batch_rewards_are_the_formula_per_session() -> None:
+    """batch_rewards computes over arrays; each session's reward is exactly the documented formula
+    (min-max over the batch, kappa blend) evaluated one session at a time."""
+
+    def mm(xs: list[float]) -> list[float]:
+        lo, hi = min(xs), max(xs)
+        return [0.5] * len(xs) if hi - lo <= 1e-12 else [(x - lo) / (hi - lo) for x in xs]
+
+    rng = random.Random(11)
+    for n in (2, 9, 200):
+        batch = [
+            TunerSession(
+                f"u{i}:1",
+                "default",
+                None,
+                rng.choice([None, 0.2, 0.7]),
+                v,
+                v,
+                SessionFeatures(rng.random(), rng.random() * 3, rng.choice([0.0, 0.25, 0.5]), rng.random()),
+            )
+            for i, v in enumerate(rng.uniform(-5, 5) for _ in range(n))
+        ]
+        kappa = [s.kappa if s.kappa is not None else 0.2 for s in batch]
+        b, c, d, sk = (
+            mm([getattr(s.features, k) if k != "value" else s.value for s in batch])
+            for k in ("value", "click", "dwell", "skip")
+        )
+        want = [
+            k * bi + (1 - k) * (ci + di + (1 - si)) / 3
+            for k, bi, ci, di, si in zip(kappa, b, c, d, sk, strict=True)
+        ]
+        assert batch_rewards(batch).tolist() == want
+    same = [TunerSession("u:1", "default", None, 0.5, 1.0, 1.0, SessionFeatures(0.1, 0.2, 0.3, 0.4))] * 3
+    assert batch_rewards(same).tolist() == [0.5 * 0.5 + 0.5 * (0.5 + 0.5 + 0.5) / 3] * 3
 
 
 def test_relative_gain_gate_blocks_a_move_the_logged_data_does_not_support(store: WeightsStore) -> None:
