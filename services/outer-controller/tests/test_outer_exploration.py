@@ -138,7 +138,8 @@ def test_memoised_behaviour_follows_the_documents_and_the_weights(store: Weights
     t = tuner(store)
 
     def check(first: tuple[int | None, float | None, int | None] | None) -> SessionTuner:
-        raw, got = t.behaviour_json("default", first)
+        raw = t.behaviour_json("default", first)
+        got = t.behaviour_of(raw)
         want = t.behaviour_for(
             "default",
             None

@@ -235,10 +235,8 @@ class DurableController:
         self._lock = threading.Lock()  # delivery callbacks run inside poll()/flush() on this thread
         self._last_checkpoint = 0.0
         self._last_priorities = -math.inf
-        self._tuner_queue: list[
-            TunerSession
-        ] = []  # revision-0 sessions for the tuner (fed once checkpointed)
-        self._tuner_objs: dict[bytes, SessionTuner] = {}  # the behaviours _behaviour_json returned
+        # revision-0 sessions for the tuner (fed once checkpointed)
+        self._tuner_queue: list[TunerSession] = []
         self._retry: _PendingWrite | None = None  # a write that failed: sent again before anything newer
         # the loop's checkpoint write on a thread of its own (OUTER_CHECKPOINT_PIPELINE): at most one in
         # flight; the loop applies the next records meanwhile and lands it when it is done
@@ -623,7 +621,8 @@ class DurableController:
                 skey = rid[2:-2]  # "s:<session_key>:0"
                 seg, kappa, business_reward, business_value, click, dwell, skip, rel = tuned
                 feats = SessionFeatures(click, dwell, skip, rel)
-                behaviour = self._tuner_of(behaviours.get(skey))
+                raw = behaviours.get(skey)
+                behaviour = None if raw is None else self.tuner.behaviour_of(raw)  # type: ignore[union-attr]
                 queue.append(
                     TunerSession(skey, seg, behaviour, kappa, business_reward, business_value, feats)
                 )
@@ -640,24 +639,13 @@ class DurableController:
             fresh_tuners.update((skey, SessionTuner.model_validate_json(t)) for skey, t in tuners)
         return [NativeClosed(c) for c in rest]
 
-    def _tuner_of(self, raw: bytes | None) -> SessionTuner | None:
-        """The behaviour :meth:`_behaviour_json` returned as ``raw`` (the same object, or parsed)."""
-        if raw is None:
-            return None
-        hit = self._tuner_objs.get(raw)
-        return hit if hit is not None else SessionTuner.model_validate_json(raw)
-
     def _behaviour_json(self, segment: str, first: tuple[Any, Any, Any] | None) -> bytes | None:
         """Revision 0's ``tuner`` field for the native close (the bytes :meth:`_native_record` and
         ``set_tuner`` would write); ``None`` (no field) if the tuner fails -- closed sessions must not
         be lost on the way out of the native call."""
         assert self.tuner is not None  # passed to the native close only with a tuner
         try:
-            raw, tuner = self.tuner.behaviour_json(segment, first)
-            if len(self._tuner_objs) >= 4096:  # a few distinct behaviours in practice; bounded anyway
-                self._tuner_objs.clear()
-            self._tuner_objs[raw] = tuner
-            return raw
+            return self.tuner.behaviour_json(segment, first)  # type: ignore[no-any-return]
         except Exception as exc:  # noqa: BLE001
             log.exception(
                 "tuner behaviour failed; session recorded without it", segment=segment, error=str(exc)

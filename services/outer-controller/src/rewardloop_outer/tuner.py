@@ -289,7 +289,8 @@ class WeightTuner:
         self._explore_centre: dict[str, list[int]] = {}
         # documents this tuner published: (segment, version) -> (centre action id, slice, action ids)
         self._docs: dict[tuple[str, int], tuple[int, float, frozenset[int]]] = {}
-        self._behaviours: dict[tuple[Any, ...], tuple[bytes, SessionTuner]] = {}
+        self._behaviours: dict[tuple[Any, ...], bytes] = {}
+        self._behaviour_models: dict[bytes, SessionTuner] = {}
 
     def _ctx(self, segment: str) -> str:
         return segment if self.per_segment else "default"
@@ -304,23 +305,31 @@ class WeightTuner:
 
     def behaviour_json(
         self, segment: str, first: tuple[int | None, float | None, int | None] | None
-    ) -> tuple[bytes, SessionTuner]:
-        """:meth:`behaviour_for` a session whose first step logged ``first`` = ``(explore_action,
-        explore_probability, exploration_version)`` (``None``: no steps), with the record field's bytes
-        (``orjson`` of the dict without unset fields). Memoised on everything the answer depends on --
-        the logged fields, the document they name (as this tuner remembers it) and the current grid
-        action: building and dumping the model was ~2/3 of the tuner's cost per closed session."""
+    ) -> bytes:
+        """The record field's bytes (``orjson`` of the dict without unset fields) of
+        :meth:`behaviour_for` a session whose first step logged ``first`` = ``(explore_action,
+        explore_probability, exploration_version)`` (``None``: no steps); :meth:`behaviour_of` gives
+        the model back. Memoised on everything the answer depends on -- the logged fields, the document
+        they name (as this tuner remembers it) and the current grid action: building and dumping the
+        model was ~2/3 of the tuner's cost per closed session."""
         act_id, prob, version = first if first is not None else (None, None, None)
         doc = None if prob is None or version is None else self._docs.get((segment, version))
         key = (segment, act_id, prob, version, doc, tuple(self._current_action(segment)))
-        hit = self._behaviours.get(key)
-        if hit is None:
+        raw = self._behaviours.get(key)
+        if raw is None:
             tuner = self.behaviour_for(segment, None if first is None else _First(*first))
-            hit = (orjson.dumps(tuner.model_dump(mode="json", exclude_unset=True)), tuner)
+            raw = orjson.dumps(tuner.model_dump(mode="json", exclude_unset=True))
             if len(self._behaviours) >= MAX_MEMO_BEHAVIOURS:
                 self._behaviours.clear()
-            self._behaviours[key] = hit
-        return hit
+                self._behaviour_models.clear()
+            self._behaviours[key] = raw
+            self._behaviour_models[raw] = tuner
+        return raw
+
+    def behaviour_of(self, raw: bytes) -> SessionTuner:
+        """The model of bytes :meth:`behaviour_json` returned (the same object; parsed if forgotten)."""
+        hit = self._behaviour_models.get(raw)
+        return hit if hit is not None else SessionTuner.model_validate_json(raw)
 
     def behaviour_for(self, segment: str, first: Any = None) -> SessionTuner:
         """:meth:`behaviour` of a session of ``segment`` (the engine has no record model to pass).
