@@ -31,6 +31,7 @@ from rewardloop_common.weights import BUILTIN_WEIGHTS
 from rewardloop_common.weights_store import WeightsStore
 from rewardloop_outer.metrics import OuterMetrics
 from rewardloop_outer.tuner import WeightTuner, encode_action, nearest_action
+from rewardloop_outer.weight_update import FirstStep
 
 BATCH = 200
 SEGMENT = "default"
@@ -67,19 +68,12 @@ def sessions_to_push(store: WeightsStore, slice_: float, seed: int, max_batches:
         act, prob = doc.assign(f"s{seed}-user-{i}")
         clicks, value = (4, 3.0) if act == best else (rng.randrange(2), 0.0)
         rec = session(i, clicks, value)
-        first = _First(act, prob, doc.version)
+        first = FirstStep(act, prob, doc.version)
         rec.tuner = t.behaviour(rec, first)
         d = t.add(rec)
         if d is not None and d.decision == "pushed":
             return i + 1
     return None
-
-
-class _First:
-    """What the engine passes the tuner: the session's first reward event's exploration fields."""
-
-    def __init__(self, act: int | None, prob: float, version: int) -> None:
-        self.explore_action, self.explore_probability, self.exploration_version = act, prob, version
 
 
 def main() -> int:

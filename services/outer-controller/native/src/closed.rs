@@ -38,6 +38,18 @@ impl ClosedCore {
         };
         format!("{}:{}", self.user_id, k)
     }
+
+    /// The first step's exploration fields `(explore_action, explore_probability, exploration_version)`
+    /// (the tuner's behaviour and the trade-off point need only these); `None` without steps.
+    pub fn first_explore(&self) -> Option<(Option<i64>, Option<f64>, Option<i64>)> {
+        self.actions.first().map(|a| {
+            (
+                a.explore_action(),
+                a.explore_probability(),
+                a.exploration_version(),
+            )
+        })
+    }
 }
 
 #[pyclass(frozen, module = "rewardloop_outer_native")]
@@ -109,15 +121,8 @@ impl Closed {
     fn kpi_raws<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         PyList::new(py, self.core.kpis.iter().map(|k| PyBytes::new(py, &k.raw)))
     }
-    /// The first step's exploration fields `(explore_action, explore_probability, exploration_version)`
-    /// (the tuner's behaviour and the trade-off point need only these).
+    /// [`ClosedCore::first_explore`].
     fn first_explore(&self) -> Option<(Option<i64>, Option<f64>, Option<i64>)> {
-        self.core.actions.first().map(|a| {
-            (
-                a.explore_action(),
-                a.explore_probability(),
-                a.exploration_version(),
-            )
-        })
+        self.core.first_explore()
     }
 }

@@ -96,14 +96,7 @@ pub fn close_records<'py>(
     for c in &closed {
         let t = match behaviour {
             Some(f) if c.revision == 0 => {
-                let first = c.actions.first().map(|a| {
-                    (
-                        a.explore_action(),
-                        a.explore_probability(),
-                        a.exploration_version(),
-                    )
-                });
-                let out = f.call1((c.segment.as_str(), first))?;
+                let out = f.call1((c.segment.as_str(), c.first_explore()))?;
                 if out.is_none() {
                     None
                 } else {

@@ -59,7 +59,7 @@ from .settings import OuterSettings
 from .state_log import StateLog, restore_log
 from .state_store import Fenced, ShardDelta, StateStore
 from .tradeoff import TradeoffTracker
-from .weight_update import SessionFeatures, TunerSession
+from .weight_update import FirstStep, SessionFeatures, TunerSession
 
 log = get_logger("rewardloop.outer.engine")
 
@@ -133,15 +133,6 @@ class _PendingWrite:
     shards: list[tuple[Shard, ShardDelta, list[str], list[int]]] = field(default_factory=list)
     offsets: list[tuple[Shard, str, int]] = field(default_factory=list)
     tuner: list[TunerSession] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class _Explore:
-    """A session's first step as the tuner and the trade-off point read it (the exploration fields)."""
-
-    explore_action: int | None
-    explore_probability: float | None
-    exploration_version: int | None
 
 
 def _ts(m: Any) -> int:
@@ -636,7 +627,7 @@ class DurableController:
             add_point(*p)
         fresh_baselines.update(fresh)
         if rest:  # amendments among them take revision 0's tuner from here
-            fresh_tuners.update((skey, SessionTuner.model_validate_json(t)) for skey, t in tuners)
+            fresh_tuners.update((skey, self.tuner.behaviour_of(t)) for skey, t in tuners)  # type: ignore[union-attr]
         return [NativeClosed(c) for c in rest]
 
     def _behaviour_json(self, segment: str, first: tuple[Any, Any, Any] | None) -> bytes | None:
@@ -721,7 +712,7 @@ class DurableController:
         """The first step's exploration fields (what the tuner and the trade-off point read)."""
         if isinstance(closed, NativeClosed):
             f = closed.native.first_explore()
-            return None if f is None else _Explore(*f)
+            return None if f is None else FirstStep(*f)
         return closed.actions[0] if closed.actions else None
 
     def _session_tuner(

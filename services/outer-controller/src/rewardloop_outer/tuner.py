@@ -59,7 +59,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import orjson
@@ -71,7 +71,7 @@ from rewardloop_common.weights import BUILTIN_WEIGHTS, WEIGHT_NAMES, Weights
 from rewardloop_common.weights_store import WeightsStore
 
 from .metrics import OuterMetrics
-from .weight_update import TunerSession, compute_update
+from .weight_update import FirstStep, TunerSession, compute_update
 
 log = get_logger("rewardloop.outer.tuner")
 SOURCE = "outer-controller"
@@ -184,14 +184,6 @@ def reinforce_gradient(
     for g in range(acts.shape[1]):
         grad[g] += np.bincount(acts[:, g], weights=wa, minlength=grad.shape[1])
     return grad / total
-
-
-class _First(NamedTuple):
-    """A session's first step as :meth:`WeightTuner.behaviour_for` reads it."""
-
-    explore_action: int | None
-    explore_probability: float | None
-    exploration_version: int | None
 
 
 @dataclass
@@ -317,7 +309,7 @@ class WeightTuner:
         key = (segment, act_id, prob, version, doc, tuple(self._current_action(segment)))
         raw = self._behaviours.get(key)
         if raw is None:
-            tuner = self.behaviour_for(segment, None if first is None else _First(*first))
+            tuner = self.behaviour_for(segment, None if first is None else FirstStep(*first))
             raw = orjson.dumps(tuner.model_dump(mode="json", exclude_unset=True))
             if len(self._behaviours) >= MAX_MEMO_BEHAVIOURS:
                 self._behaviours.clear()

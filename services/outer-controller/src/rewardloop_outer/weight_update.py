@@ -40,6 +40,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -86,6 +87,15 @@ def _features(steps: Sequence[tuple[bool, float, bool, float]]) -> SessionFeatur
         skips += skipped
         relevance += rel
     return SessionFeatures(click=clicks / n, dwell=dwell / n, skip=skips / n, relevance=relevance / n)
+
+
+class FirstStep(NamedTuple):
+    """A session's first step as the tuner's behaviour and the trade-off point read it (the scorer's
+    exploration fields)."""
+
+    explore_action: int | None
+    explore_probability: float | None
+    exploration_version: int | None
 
 
 @dataclass(frozen=True)
