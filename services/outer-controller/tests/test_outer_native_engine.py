@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import redis
-from outer_streams import stream_items
+from outer_streams import TIMING_FIELDS, stream_items
 from prometheus_client import CollectorRegistry, generate_latest
 from test_outer_credit_blend import _artefact
 from test_outer_engine import GAP_S, FakeConsumer, FakeProducer, K, Log, R, flush_ticks, settings
@@ -209,7 +209,8 @@ def test_a_crash_hands_the_state_from_one_implementation_to_the_other(
     rds: redis.Redis, first_native: bool
 ) -> None:
     """Same state format: a controller of one kind is killed mid-stream, one of the other kind resumes
-    from Redis (and the state compression is switched too); the records equal an uninterrupted run's."""
+    from Redis (and the state compression is switched too); the records equal an uninterrupted run's
+    (but for the fields a replay may change with its batches, as in every crash test)."""
     ref_log = Log()
     fill(ref_log, seed=9, users=40, odd=True)
     ref = make(ref_log, rds, True, "ref", tuner=False)
@@ -233,16 +234,26 @@ def test_a_crash_hands_the_state_from_one_implementation_to_the_other(
         native = not native
     run(make(log, rds, native, "crashy", tuner=False), 500)
 
-    def latest(out: list[tuple[str, bytes, bytes]]) -> dict[tuple[str, bytes], bytes]:
-        best: dict[tuple[str, bytes], bytes] = {}
+    def latest(out: list[tuple[str, bytes, bytes]]) -> dict[tuple[str, bytes], dict[str, Any]]:
+        best: dict[tuple[str, bytes], dict[str, Any]] = {}
         for t, _, v in out:
             rec = json.loads(v)
             key = (t, (rec.get("session_key") or rec.get("event_id") or "").encode())
-            if key not in best or json.loads(best[key]).get("revision", 0) <= rec.get("revision", 0):
-                best[key] = v
-        return best
+            if key not in best or best[key].get("revision", 0) <= rec.get("revision", 0):
+                best[key] = rec
+        return {k: comparable(r) for k, r in best.items()}
 
-    # at-least-once output: the same final revision of every record, byte for byte
+    def comparable(rec: dict[str, Any]) -> dict[str, Any]:
+        """A session without what a replay may legitimately change (outer_streams.TIMING_FIELDS: the
+        replay consumes in other batches, so an amendment can be emitted at another clock -- seen 1 run
+        in ~30 -- and the per-step credits follow the baseline; they still sum to the advantage)."""
+        if "session_key" not in rec:
+            return rec
+        credits = [st.pop("credit") for st in rec["steps"]]
+        assert abs(sum(credits) - rec["advantage"]) < 1e-6
+        return {k: v for k, v in rec.items() if k not in TIMING_FIELDS}
+
+    # at-least-once output: the same final revision of every record
     assert latest(log.out) == latest(ref_log.out)
 
 
