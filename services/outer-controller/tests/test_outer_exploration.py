@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -26,8 +27,10 @@ from rewardloop_common.weights_store import WeightsStore
 from rewardloop_outer.metrics import OuterMetrics
 from rewardloop_outer.tuner import (
     MAX_IW,
+    MAX_KEPT_DECISIONS,
     Policy,
     WeightTuner,
+    action_weights,
     batch_rewards,
     decode_action,
     encode_action,
@@ -118,9 +121,11 @@ def _serve(
     i: int,
     outcome: Callable[[int | None], tuple[int, float]],
     users: str = "user",
+    check: bool = True,
 ) -> Any:
     """One synthetic session served exactly as the scorer would: the user's action and propensity come
-    from the segment's current exploration document (the contract's hash), the outcome from ``outcome``."""
+    from the segment's current exploration document (the contract's hash), the outcome from ``outcome``
+    (``check``: the tuner's propensity is the marginal one under the weights in Redis)."""
     doc = store.get_exploration("default")
     assert doc is not None
     act, prob = doc.assign(f"{users}-{i}")
@@ -128,7 +133,9 @@ def _serve(
     rec = _session(i, act, prob, clicks=clicks, value=value)
     first = SimpleNamespace(explore_action=act, explore_probability=prob, exploration_version=doc.version)
     rec.tuner = t.behaviour(rec, first)
-    assert rec.tuner.logged and rec.tuner.propensity == pytest.approx(marginal(doc, store, rec.tuner.action))
+    assert rec.tuner.logged
+    if check:
+        assert rec.tuner.propensity == pytest.approx(marginal(doc, store, rec.tuner.action))
     return t.add(rec)
 
 
@@ -226,6 +233,55 @@ def test_reinforce_learns_from_logged_actions_and_propensities(store: WeightsSto
     # the exploration grid was re-centred on the pushed action with the weights
     doc = store.get_exploration("default")
     assert doc is not None and doc.version == 2 and best in {a.id for a in doc.actions}
+
+
+def test_a_push_never_overwrites_weights_moved_after_the_step_read_them(store: WeightsStore) -> None:
+    """A learning step reads the served weights from the tuner's 5-second cache; an admin push in that
+    window must not be overwritten by a candidate computed from the older weights: the push re-reads
+    Redis, drops the candidate (``superseded``, counted) and the next step re-centres on the admin's."""
+    t = tuner(store, explore_fraction=0.2, lr=0.5)  # the learning test's setting: it pushes in 2-5 batches
+    t.maybe_publish_exploration("default")
+    current = nearest_action(BUILTIN_WEIGHTS, 10)
+    best = encode_action([current[0] + 1, current[1], current[2]], 10)
+    rng = random.Random(3)
+
+    def outcome(act: int | None) -> tuple[int, float]:
+        return (4, 3.0) if act == best else (rng.randrange(2), 0.0)
+
+    i, first = 0, None
+    while first is None:  # one batch: the cache holds the built-ins now
+        first, i = _serve(t, store, i, outcome), i + 1
+    assert first.decision == "no_change"
+    admin = action_weights([1, 1, 1], 10)
+    store.push("default", admin, source="gateway", reason="admin re-targeting")
+    t._wcache["default"] = (math.inf, BUILTIN_WEIGHTS)  # still cached, however long the test takes
+    decisions = []
+    while not decisions or decisions[-1].decision == "no_change":
+        assert i < 9 * 200, [d.reason for d in decisions]
+        if (d := _serve(t, store, i, outcome, check=False)) is not None:
+            decisions.append(d)
+        i += 1
+    assert decisions[-1].decision == "superseded", decisions[-1]
+    assert store.get("default").weights == admin and store.get("default").source == "gateway"
+    assert t.metrics.tuner_decisions.labels(segment="default", decision="superseded")._value.get() == 1
+    assert t._wcache["default"][1] == admin
+    while _serve(t, store, i, outcome, check=False) is None:  # the next step starts from the admin's
+        i += 1
+    assert t.segments["default"].centre == nearest_action(admin, 10) == [1, 1, 1]
+
+
+def test_the_tuner_keeps_a_bounded_list_of_recent_decisions(store: WeightsStore) -> None:
+    """Every decision is logged and counted; the tuner keeps only the latest MAX_KEPT_DECISIONS (a
+    long-lived controller makes ~40 a second at 50 000 events/s)."""
+    t = tuner(store, batch_sessions=1, shadow=True)
+    n = MAX_KEPT_DECISIONS + 50
+    for i in range(n):
+        t.add(_session(i, None, 1.0, clicks=i % 3, value=float(i % 5)))
+    assert len(t.decisions) == MAX_KEPT_DECISIONS
+    counted = sum(
+        s.value for m in t.metrics.tuner_decisions.collect() for s in m.samples if s.name.endswith("_total")
+    )
+    assert counted == n
 
 
 def test_reinforce_does_not_push_when_no_action_is_better(store: WeightsStore) -> None:

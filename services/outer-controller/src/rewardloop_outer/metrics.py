@@ -150,7 +150,7 @@ class OuterMetrics:
         self.tuner_decisions = Counter(
             "rewardloop_outer_tuner_decisions_total",
             "Weight tuner decisions, by segment and decision (pushed, shadow, rollback, "
-            "blocked_min_sessions, blocked_diversity, blocked_relative_gain, no_change).",
+            "blocked_min_sessions, blocked_diversity, blocked_relative_gain, no_change, superseded).",
             ["segment", "decision"],
             registry=r,
         )

@@ -43,11 +43,14 @@ V_snips(pi)) / std(r)``. The candidate weights are the policy's mode.
    beat the behaviour policy's (mean reward of the logged data);
 5. ``blocked_min_sessions`` -- fewer than ``OUTER_MIN_SESSIONS`` sessions since the last push;
 6. ``shadow`` -- ``OUTER_SHADOW_MODE`` (default on): the would-be weights are logged, not pushed;
-7. ``pushed``.
+7. ``superseded`` -- the weights in Redis are not the ones the step started from (a learning step
+   reads them from the tuner's 5-second cache; a push reads them again first): someone else pushed
+   meanwhile (an admin's re-targeting), so the candidate is dropped and the next step starts from theirs;
+8. ``pushed``.
 
 The earlier correlation rule (:mod:`.weight_update`, ``OUTER_TUNER=correlation``) goes through
 ``blocked_min_sessions``, ``rollback`` (KL of the normalised |weights|, before a push), ``no_change``,
-``shadow`` and ``pushed``.
+``shadow``, ``superseded`` and ``pushed``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ import itertools
 import json
 import math
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +72,7 @@ from rewardloop_common.events import SessionRecord, SessionTuner
 from rewardloop_common.exploration import MAX_ACTIONS
 from rewardloop_common.logging import get_logger
 from rewardloop_common.weights import BUILTIN_WEIGHTS, WEIGHT_NAMES, Weights
-from rewardloop_common.weights_store import WeightsStore
+from rewardloop_common.weights_store import WeightsStore, validate_segment
 
 from .metrics import OuterMetrics
 from .weight_update import FirstStep, TunerSession, compute_update
@@ -86,6 +90,7 @@ MIN_ENTROPY = 0.05
 MAX_IW = 10.0
 MAX_REMEMBERED_DOCS = 256  # published exploration documents kept for the propensity correction
 MAX_MEMO_BEHAVIOURS = 4096  # memoised behaviours (a few distinct ones per document in practice)
+MAX_KEPT_DECISIONS = 1000  # ~40 decisions/s at 50 000 events/s: an unbounded list grew without end
 
 
 def level_value(group: int, level: int, levels: int) -> float:
@@ -105,11 +110,6 @@ def nearest_action(w: Weights, levels: int) -> list[int]:
         _, lo, hi = GROUPS[g]
         out.append(int(min(levels - 1, max(0, round((v - lo) / (hi - lo) * (levels - 1))))))
     return out
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max())
-    return z / z.sum()
 
 
 def kl(p: np.ndarray, q: np.ndarray) -> float:
@@ -137,15 +137,40 @@ def decode_action(action_id: int, levels: int) -> list[int]:
 def batch_rewards(batch: Sequence[SessionRecord | TunerSession]) -> np.ndarray:
     """Per-session reward in [0, 1]: ``kappa * mm(business value) + (1 - kappa) * mean(mm(click rate),
     mm(mean ln(1 + dwell)), 1 - mm(skip rate))``, ``mm`` = min-max over the batch."""
-    samples = [TunerSession.of(r) for r in batch]
-    n = len(samples)
-    # as arrays: the same float operations per session as the formula above, ~10x faster per batch
-    kappa = np.fromiter((r.kappa if r.kappa is not None else 0.2 for r in samples), float, n)
-    bval = minmax(np.fromiter((r.value for r in samples), float, n))
-    clicks, dwell, skip = (
-        minmax(np.fromiter((getattr(r.features, k) for r in samples), float, n))
-        for k in ("click", "dwell", "skip")
-    )
+    return _rewards(_batch_table([TunerSession.of(r) for r in batch], ()))
+
+
+# the columns of :func:`_batch_table`: kappa, business value, click / dwell / skip features, the
+# behaviour's action (one column per group) and its propensity
+_KAPPA, _VALUE, _CLICK, _DWELL, _SKIP, _ACTION = 0, 1, 2, 3, 4, 5
+_MU = _ACTION + len(GROUPS)
+
+
+def _batch_table(batch: Sequence[TunerSession], centre: Sequence[int]) -> np.ndarray:
+    """The batch as one (n, 9) array built in one pass (per-column ``fromiter`` over generators was
+    most of a learning step's cost): see the ``_KAPPA`` .. ``_MU`` columns; a session without a behaviour
+    counts as ``centre`` with propensity 1."""
+    none = (*centre, 1.0)
+    return np.array(
+        [
+            (
+                0.2 if r.kappa is None else r.kappa,
+                r.value,
+                r.features.click,
+                r.features.dwell,
+                r.features.skip,
+                *(none if r.tuner is None else (*r.tuner.action, r.tuner.propensity)),
+            )
+            for r in batch
+        ],
+        dtype=float,
+    ).reshape(len(batch), -1)
+
+
+def _rewards(table: np.ndarray) -> np.ndarray:
+    """:func:`batch_rewards` of a :func:`_batch_table` (the same float operations per session)."""
+    kappa = table[:, _KAPPA]
+    bval, clicks, dwell, skip = (minmax(table[:, c]) for c in (_VALUE, _CLICK, _DWELL, _SKIP))
     return kappa * bval + (1 - kappa) * (clicks + dwell + (1 - skip)) / 3  # type: ignore[no-any-return]
 
 
@@ -158,7 +183,7 @@ def minmax(x: np.ndarray) -> np.ndarray:
 
 
 def reinforce_gradient(
-    policy: Policy, actions: Sequence[Sequence[int]], mus: np.ndarray, rewards: np.ndarray
+    policy: Policy, actions: Sequence[Sequence[int]] | np.ndarray, mus: np.ndarray, rewards: np.ndarray
 ) -> np.ndarray:
     """Off-policy single-step REINFORCE gradient of the factorised policy, per unit learning rate.
 
@@ -188,11 +213,22 @@ def reinforce_gradient(
 
 @dataclass
 class Policy:
+    """A factorised softmax policy. ``theta`` is read-only (an update makes a new policy), so its
+    probabilities are computed once: a learning step asks for them ~5 times."""
+
     theta: np.ndarray  # (groups, levels)
     version: int = 0
+    _probs: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.theta = np.array(self.theta, dtype=float)
+        self.theta.flags.writeable = False
 
     def probs(self) -> np.ndarray:
-        return np.stack([_softmax(t) for t in self.theta])
+        if self._probs is None:
+            z = np.exp(self.theta - self.theta.max(axis=1, keepdims=True))
+            self._probs = z / z.sum(axis=1, keepdims=True)
+        return self._probs
 
     def prob(self, action: Sequence[int]) -> float:
         p = self.probs()
@@ -275,7 +311,8 @@ class WeightTuner:
         self.learning_rate, self.max_step, self.min_gain = learning_rate, max_step, min_gain
         self.n_actions = levels ** len(GROUPS)
         self.segments: dict[str, SegmentState] = {}
-        self.decisions: list[Decision] = []
+        #: the latest decisions (every one is logged and counted; these are kept for inspection)
+        self.decisions: deque[Decision] = deque(maxlen=MAX_KEPT_DECISIONS)
         self._wcache: dict[str, tuple[float, Weights]] = {}
         self._nearest: dict[str, tuple[Weights, list[int]]] = {}
         self._explore_centre: dict[str, list[int]] = {}
@@ -457,11 +494,16 @@ class WeightTuner:
         if len(st.batch) < self.batch_sessions:
             return None
         batch, st.batch = st.batch, []
-        current = self.store.get_effective(rec.segment)
+        # the weights served now, as cached for the behaviour (<= 5 s old): a Redis read per step cost
+        # as much as the step itself; a push re-reads them first (_finish). A segment the store cannot
+        # key raises here, as that read did (the caller counts it), instead of being tuned on the
+        # built-ins the cache falls back to
+        validate_segment(rec.segment)
+        current = self._weights(rec.segment)
         if self.strategy == "correlation":
-            d = self._correlation(rec.segment, st, batch, current.weights)
+            d = self._correlation(rec.segment, st, batch, current)
         else:
-            d = self._drlput(rec.segment, st, batch, current.weights)
+            d = self._drlput(rec.segment, st, batch, current)
         self.decisions.append(d)
         self.metrics.tuner_decisions.labels(segment=rec.segment, decision=d.decision).inc()
         if d.kl is not None:
@@ -496,6 +538,14 @@ class WeightTuner:
             return Decision(segment, "no_change", why, cand, kl=kl_val)
         if self.shadow:
             return Decision(segment, "shadow", f"would push {cand.as_dict()}; {why}", cand, kl=kl_val)
+        fresh = self.store.get_effective(segment).weights
+        if fresh != old:
+            # the weights moved since the cached read this step started from (an admin push): never
+            # overwrite them with a step computed on older ones; the next step starts from these
+            self._wcache[segment] = (time.monotonic(), fresh)
+            return Decision(
+                segment, "superseded", f"served weights changed to {fresh.as_dict()}; {why}", cand, kl=kl_val
+            )
         reason = f"{self.strategy}: {why}"[:2000]
         if self.eps > 0:  # the new weights and their exploration grid in one script
             self.publish_exploration(segment, cand, reason)
@@ -525,35 +575,36 @@ class WeightTuner:
             st.policy = Policy.centred(centre, self.levels)
             st.centre = centre
         old = st.policy
-        rewards = batch_rewards(batch)
-        actions = [r.tuner.action if r.tuner else centre for r in batch]
-        mus = np.array([r.tuner.propensity if r.tuner else 1.0 for r in batch])
+        table = _batch_table(batch, centre)
+        rewards = _rewards(table)
+        actions = table[:, _ACTION:_MU].astype(np.intp)
+        mus = table[:, _MU]
         new = Policy(old.theta + self.lr * reinforce_gradient(old, actions, mus, rewards), old.version + 1)
         # trust region: one update may move the policy by at most KL_max (DRL-PUT's KL(new||old))
         kl_val = new.kl_to(old)
         # off-policy value of the candidate (self-normalised IPS) vs the behaviour policy
-        w_new = np.minimum(MAX_IW, new.probs_of(np.asarray(actions, dtype=np.intp)) / mus)
+        w_new = np.minimum(MAX_IW, new.probs_of(actions) / mus)
         v_new = float((w_new * rewards).sum() / max(1e-12, w_new.sum()))
         v_beh = float(rewards.mean())
-        distinct = len({tuple(a) for a in actions})
-        cand = action_weights(new.mode(), self.levels)
+        distinct = len(set((actions @ (self.levels ** np.arange(actions.shape[1])[::-1])).tolist()))
+        mode, entropy = new.mode(), new.entropy_norm()
+        cand = action_weights(mode, self.levels)
         why = (
             f"batch {len(batch)}, {distinct} distinct actions, V_ips(new)={v_new:.4f} "
-            f"vs V(behaviour)={v_beh:.4f}, KL={kl_val:.4f}, entropy={new.entropy_norm():.3f}, "
-            f"mode={new.mode()}"
+            f"vs V(behaviour)={v_beh:.4f}, KL={kl_val:.4f}, entropy={entropy:.3f}, mode={mode}"
         )
         if kl_val > self.kl_max:
             return Decision(segment, "rollback", f"KL {kl_val:.3f} > {self.kl_max}; {why}", cand, kl=kl_val)
         st.policy = new
-        if new.mode() == centre:
+        if mode == centre:
             return Decision(segment, "no_change", why, cand, kl=kl_val)
-        if new.entropy_norm() < MIN_ENTROPY or distinct < 2:
+        if entropy < MIN_ENTROPY or distinct < 2:
             return Decision(segment, "blocked_diversity", why, cand, kl=kl_val)
         if v_new <= v_beh + self.min_gain:
             return Decision(segment, "blocked_relative_gain", why, cand, kl=kl_val)
         d = self._finish(segment, st, cand, current, 0.0, why)
         if d.decision == "pushed":
-            st.centre = new.mode()
+            st.centre = mode
         return Decision(d.segment, d.decision, d.reason, d.weights, d.version, kl=kl_val)
 
     def state_json(self) -> str:

@@ -20,7 +20,9 @@ Rule (one update per segment every ``OUTER_UPDATE_BATCH_SESSIONS`` closed sessio
 4. ``w'_k = clip(w_k + delta_k, bounds_k)`` where ``w`` is the segment's CURRENT document read from
    Redis at update time (so an admin's ``PUT /v1/weights`` in between is respected; a segment
    without a document starts from the ``default`` segment's, else the built-in defaults), and the
-   bounds are click, dwell, relevance in [0, 5] and skip in [-5, 0].
+   bounds are click, dwell, relevance in [0, 5] and skip in [-5, 0]. (The service's
+   :class:`~.tuner.WeightTuner` takes ``w`` from its 5-second cache and reads Redis again before a
+   push: a document that changed meanwhile supersedes the update, which is then dropped.)
 
 5. Push ``w'`` with ``WeightsStore.push(segment, w', source="outer-controller", reason=...)`` only if
    ``max_k |delta_k| > 1e-6``; the reason names the batch size and the correlations. The batch is
