@@ -55,7 +55,6 @@ The earlier correlation rule (:mod:`.weight_update`, ``OUTER_TUNER=correlation``
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
@@ -486,7 +485,7 @@ class WeightTuner:
             st = self.segments[ctx] = SegmentState()
         self.maybe_publish_exploration(rec.segment)
         if rec.tuner is None:
-            rec = dataclasses.replace(rec, tuner=self.behaviour_for(rec.segment))
+            rec = rec._replace(tuner=self.behaviour_for(rec.segment))
         if rec.tuner is not None and rec.tuner.explore:
             self.metrics.tuner_explored.inc()
         st.batch.append(rec)

@@ -59,8 +59,10 @@ _VAR_EPS = 1e-12
 SOURCE = "outer-controller"
 
 
-@dataclass(frozen=True)
-class SessionFeatures:
+class SessionFeatures(NamedTuple):
+    """A session's four step features (a named tuple: built for every closed session on the hot path,
+    ~5x cheaper than a frozen dataclass)."""
+
     click: float
     dwell: float
     skip: float
@@ -100,13 +102,12 @@ class FirstStep(NamedTuple):
     exploration_version: int | None
 
 
-@dataclass(frozen=True)
-class TunerSession:
+class TunerSession(NamedTuple):
     """What the weight rules read of a closed session: its segment, behaviour, kappa, business value
     and step features. The controller's native close returns these fields with each revision-0
     record; the Python close builds it from the record's JSON (:meth:`from_json`, ~6x cheaper than
     validating the whole :class:`SessionRecord`, which was the tuner's largest cost per session);
-    anything else from the model (:meth:`of`)."""
+    anything else from the model (:meth:`of`). A named tuple, as :class:`SessionFeatures`."""
 
     session_key: str
     segment: str
