@@ -46,7 +46,7 @@ from rewardloop_common.admin import create_topics
 from rewardloop_common.kafka import encode_json
 from rewardloop_common.testing import make_reward_event
 from rewardloop_common.weights_store import WeightsStore
-from rewardloop_outer.engine import DurableController, make_tuner
+from rewardloop_outer.engine import DurableController, automatic_gc_paused, make_tuner
 from rewardloop_outer.metrics import OuterMetrics
 from rewardloop_outer.settings import OuterSettings
 from rewardloop_outer.state_store import RedisStateStore
@@ -281,8 +281,9 @@ def lag_phase(
     go.set()
     t0 = time.monotonic()
     deadline = t0 + a.seconds + 120
-    while (prod.is_alive() or consumed(ctl) < n_live) and time.monotonic() < deadline:
-        ctl.run_once()
+    with automatic_gc_paused(ctl.s):  # as DurableController.run loops
+        while (prod.is_alive() or consumed(ctl) < n_live) and time.monotonic() < deadline:
+            ctl.run_once()
     wall = time.monotonic() - t0
     main1, busy1 = thread_schedstat(), machine_busy_seconds()
     cores = {k: round((cpu_seconds(pid) - cpu0[k]) / wall, 2) for k, pid in procs.items()}
@@ -386,11 +387,12 @@ def main() -> int:
         # group and looks its offsets up (~1 s measured over a 10^6-record topic), which is start-up,
         # not the rate it sustains (reported apart)
         t_first = None
-        while consumed(ctl) < a.events and time.monotonic() < deadline:
-            t_loop = time.perf_counter()
-            ctl.run_once()
-            if t_first is None and consumed(ctl):
-                t_first = t_loop
+        with automatic_gc_paused(ctl.s):
+            while consumed(ctl) < a.events and time.monotonic() < deadline:
+                t_loop = time.perf_counter()
+                ctl.run_once()
+                if t_first is None and consumed(ctl):
+                    t_first = t_loop
         ctl.checkpoint_and_produce()
         t_end = time.perf_counter()
         elapsed = t_end - (t_first if t_first is not None else t0)

@@ -32,8 +32,9 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,8 +280,9 @@ class DurableController:
     def run(self, stop: threading.Event) -> None:
         self.subscribe()
         try:
-            while not stop.is_set():
-                self.run_once()
+            with automatic_gc_paused(self.s):
+                while not stop.is_set():
+                    self.run_once()
         finally:
             self.shutdown()
 
@@ -463,7 +465,8 @@ class DurableController:
         the frozen ones are not scanned) and the survivors frozen. Frozen objects are still freed by
         reference counting; only a cycle that dies after being frozen waits for the full collection
         every ``OUTER_GC_FULL_INTERVAL_S``. (The hot path creates no cycles: with the GC disabled, a
-        2*10^5-event run leaves the same 877 unreachable objects as a 5*10^4 one, all from start-up.)"""
+        2*10^5-event run leaves the same 877 unreachable objects as a 5*10^4 one, all from start-up.)
+        While :meth:`run` loops, this is the only collection (:func:`automatic_gc_paused`)."""
         iv = self.s.outer_gc_freeze_interval_s
         if not iv or now - self._last_freeze < iv:
             return
@@ -1125,6 +1128,25 @@ class DurableController:
             except Exception as exc:  # noqa: BLE001 - the replayed record would crash the controller again
                 log.exception("weight tuner failed on a session", segment=rec.segment, error=str(exc))
                 self.metrics.tuner_errors.labels(reason="error").inc()
+
+
+@contextmanager
+def automatic_gc_paused(settings: OuterSettings) -> Iterator[None]:
+    """CPython's automatic collection off while the loop runs (with ``OUTER_GC_FREEZE_INTERVAL_S``).
+
+    The loop's periodic ``gc.collect()`` (:meth:`DurableController._maybe_freeze`) collects every object
+    created since the last one anyway; the automatic collections in between (one per 700 allocations,
+    and full ones whenever the few unfrozen objects grew by a quarter) scanned the same young objects
+    again and again: measured at 50 000 events/s with the tuner (alternated, 3 runs each), the loop
+    thread's CPU per event 18.1-22.9 us with them, 15.9-16.7 without, lag P99 2.9-5.6 s vs 0.9-1.8 s."""
+    if not settings.outer_gc_freeze_interval_s or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def make_tuner(settings: OuterSettings, store: Any, metrics: OuterMetrics) -> Any:

@@ -50,7 +50,8 @@ class OuterSettings(CommonSettings):
     outer_fetch_wait_max_ms: int = Field(default=10, ge=0)
     outer_group_instance_id: str = ""
     #: every this many seconds: collect the objects created since the last time, then gc.freeze() the
-    #: survivors (the session state) so the collector stops re-scanning them; 0 = CPython's default GC
+    #: survivors (the session state) so the collector stops re-scanning them; CPython's automatic
+    #: collections are off meanwhile (engine.automatic_gc_paused); 0 = CPython's default GC
     outer_gc_freeze_interval_s: float = Field(default=0.25, ge=0.0, allow_inf_nan=False)
     #: a full collection (unfreeze + collect) this often, for cycles that died after being frozen
     outer_gc_full_interval_s: float = Field(default=900.0, gt=0.0, allow_inf_nan=False)
