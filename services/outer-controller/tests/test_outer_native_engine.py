@@ -37,7 +37,7 @@ def rds(redis_server: RedisServer) -> redis.Redis:
     return client
 
 
-_WEIGHTS_DB = {"py": 1, "nat": 2}
+_WEIGHTS_DB = {"py": 1, "nat": 2, "nat-asks": 3}
 
 
 def make(
@@ -189,6 +189,27 @@ def test_native_and_python_controllers_write_the_same_records_state_and_metrics(
     assert nat_log.out == py_log.out
     assert state(rds, "nat") == state(rds, "py")
     assert metrics_text(nat) == metrics_text(py)
+
+
+def test_the_native_close_asks_python_once_per_distinct_behaviour_in_a_batch(rds: redis.Redis) -> None:
+    """Revision 0's tuner behaviour depends only on the segment and the first step's exploration fields
+    within one close: the native close asks Python once per distinct pair in a batch, not per session
+    (the records are the Python controller's, byte for byte: the test above, tuner scenarios)."""
+    log = Log()
+    fill(log, seed=5, users=20, odd=True)  # some sessions logged an explored action
+    nat = make(log, rds, True, "nat-asks", tuner=True)
+    asked: list[tuple[str, Any]] = []
+    ask = nat._behaviour_json
+
+    def counting(segment: str, first: Any) -> bytes | None:
+        asked.append((segment, first))
+        return ask(segment, first)
+
+    nat._behaviour_json = counting  # type: ignore[method-assign]
+    run(nat, 400)
+    closed = int(nat.metrics.sessions_closed._value.get())
+    assert len(set(asked)) > 1  # more than one distinct behaviour was asked for
+    assert 0 < len(asked) < closed / 2, (len(asked), closed)
 
 
 def test_with_a_credit_model_both_write_the_same_records(rds: redis.Redis, tmp_path: Any) -> None:

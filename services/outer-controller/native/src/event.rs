@@ -221,7 +221,7 @@ impl Action {
 }
 
 /// A session's segment: `"default"` (the usual one) without an allocation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Segment {
     Default,
     Other(Box<str>),

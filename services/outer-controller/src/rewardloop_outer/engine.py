@@ -585,9 +585,9 @@ class DurableController:
         fresh_tuners: dict[str, SessionTuner],
     ) -> list[Any]:
         """The native window's due sessions and their records in one native call (discounted credit:
-        per session only the tuner's behaviour needs Python, :meth:`_behaviour_json`); the sessions it
-        leaves (from the first unusual one on, or all with a credit model loaded) go through
-        :meth:`_emit`."""
+        only the tuner's behaviour needs Python, :meth:`_behaviour_json`, once per distinct segment and
+        first step's exploration fields in the batch); the sessions it leaves (from the first unusual
+        one on, or all with a credit model loaded) go through :meth:`_emit`."""
         ctx = self.ctx
         if ctx.credit.model is not None:
             return shard.window.close_due(now_ms)  # type: ignore[return-value]
