@@ -494,7 +494,7 @@ class WeightTuner:
             return None
         batch, st.batch = st.batch, []
         # the weights served now, as cached for the behaviour (<= 5 s old): a Redis read per step cost
-        # as much as the step itself; a push re-reads them first (_finish). A segment the store cannot
+        # ~1/4 of the step itself; a push re-reads them first (_finish). A segment the store cannot
         # key raises here, as that read did (the caller counts it), instead of being tuned on the
         # built-ins the cache falls back to
         validate_segment(rec.segment)
@@ -585,7 +585,7 @@ class WeightTuner:
         w_new = np.minimum(MAX_IW, new.probs_of(actions) / mus)
         v_new = float((w_new * rewards).sum() / max(1e-12, w_new.sum()))
         v_beh = float(rewards.mean())
-        distinct = len(set((actions @ (self.levels ** np.arange(actions.shape[1])[::-1])).tolist()))
+        distinct = len(set(map(tuple, actions.tolist())))
         mode, entropy = new.mode(), new.entropy_norm()
         cand = action_weights(mode, self.levels)
         why = (
