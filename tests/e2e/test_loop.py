@@ -243,8 +243,14 @@ def test_outer_loop_pushes_weights_and_scorer_switches(
         10,
         f"scorer on weights version {current['version']}",
     )
-    fb = feedback(f"e2e-{RUN}-probe", "probe-s1", 0, 0, int(time.time() * 1000), random.Random(1))
-    reward = stub.ScoreAction(pb.ScoreActionRequest(feedback=fb), timeout=5).reward
+    # a user in the exploration slice (0.5 %, by hash of the user) is served an exploratory action's
+    # weights, not the version's (failed once here): probe until a user outside it answers
+    for i in range(20):
+        fb = feedback(f"e2e-{RUN}-probe-{i}", "probe-s1", 0, 0, int(time.time() * 1000), random.Random(1))
+        reward = stub.ScoreAction(pb.ScoreActionRequest(feedback=fb), timeout=5).reward
+        if not reward.HasField("explore_action"):
+            break
+    assert not reward.HasField("explore_action")
     assert reward.weights_version >= current["version"] > 0
     w = weights_of_version(rds, reward.weights_version)
     assert w != DEFAULT_WEIGHTS

@@ -633,14 +633,20 @@ def test_the_loop_runs_without_automatic_collections_but_still_frees_cycles(
     garbage: list[weakref.ref[Any]] = []
     loop_once = ctl.run_once
 
+    def make_garbage() -> None:
+        # its own frame: unreachable once this returns. Made inline in run_once, the frame still held
+        # the node while loop_once ran, and a collect+freeze due in that first call (the interval is
+        # 10 ms and start-up is slower on a loaded machine) froze it alive -- failed once in CI
+        cycle: dict[str, Any] = {}
+        cycle["self"] = cycle
+        node = _Node()
+        node.me = node
+        garbage.append(weakref.ref(node))
+
     def run_once() -> int:
         seen.append(gc.isenabled())
         if len(seen) == 1:
-            cycle: dict[str, Any] = {}
-            cycle["self"] = cycle
-            node = _Node()
-            node.me = node
-            garbage.append(weakref.ref(node))
+            make_garbage()
         if len(seen) >= 3 and garbage[0]() is None:
             stop.set()
         elif len(seen) >= 200:

@@ -25,6 +25,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from .settings import CommonSettings
 
+# how long create-topics waits at least for the new partitions' leaders (see wait_for_leaders)
+LEADER_WAIT_S = 10.0
+
 
 def _log(msg: str) -> None:
     print(f"rewardloop-admin: {msg}", file=sys.stderr, flush=True)
@@ -77,7 +80,36 @@ def create_topics(
             else:
                 _log(f"failed to create topic {topic}: {exc}")
                 rc = 1
+    leader_wait_s = max(wait_s, LEADER_WAIT_S)
+    if rc == 0 and not wait_for_leaders(admin, topics, leader_wait_s):
+        _log(f"topics {list(topics)} have partitions without a leader after {leader_wait_s:.0f}s")
+        rc = 1
     return rc
+
+
+def wait_for_leaders(admin: AdminClient, topics: Sequence[str], wait_s: float) -> bool:
+    """Poll metadata until every partition of ``topics`` has a leader (or ``wait_s`` passed).
+
+    A KRaft controller acknowledges CreateTopics before the broker has applied the new partitions:
+    a client that asked for watermarks right after got NOT_LEADER_FOR_PARTITION (seen in CI). Once
+    the broker's own metadata names a leader for each partition, the topic is usable."""
+    deadline = time.monotonic() + max(0.0, wait_s)
+    while True:
+        try:
+            md = admin.list_topics(timeout=5)
+            if all(
+                t in md.topics
+                and md.topics[t].error is None
+                and md.topics[t].partitions
+                and all(p.leader >= 0 and p.error is None for p in md.topics[t].partitions.values())
+                for t in topics
+            ):
+                return True
+        except KafkaException:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
 
 
 def _redis_store(url: str, wait_s: float):  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 
 def _consumer(bootstrap: str) -> Consumer:
@@ -26,6 +26,33 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
     return list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
 
 
+# what a broker answers while a partition's leadership settles (the error objects of
+# get_watermark_offsets do not carry librdkafka's retriable flag, so the codes are named)
+_SETTLING = frozenset(
+    (
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    )
+)
+
+
+def _watermarks(consumer: Consumer, topic: str, partition: int, timeout_s: float = 10.0) -> tuple[int, int]:
+    """(low, high) of one partition, asked again while the broker answers with a retriable error
+    (NOT_LEADER_FOR_PARTITION while a new or moved partition's leadership settles)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+            return low, high
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            settling = isinstance(err, KafkaError) and (err.code() in _SETTLING or err.retriable())
+            if not settling or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
 def count_since(bootstrap: str, topic: str, since_ms: int) -> int:
     """Records appended to `topic` at or after `since_ms` (broker offsets, not what we sent)."""
     consumer = _consumer(bootstrap)
@@ -40,7 +67,7 @@ def _ranges_since(consumer: Consumer, topic: str, since_ms: int) -> list[tuple[i
     wanted = [TopicPartition(topic, p, since_ms) for p in _partitions(consumer, topic)]
     ranges = []
     for tp in consumer.offsets_for_times(wanted, timeout=10):
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+        low, high = _watermarks(consumer, topic, tp.partition)
         start = tp.offset if tp.offset >= 0 else high  # -1: nothing at or after since_ms
         ranges.append((tp.partition, max(start, low), high))
     return ranges
@@ -103,7 +130,7 @@ def newest_event_time_ms(bootstrap: str, topics: Iterable[str], timeout_s: float
         for topic in topics:
             lasts = []
             for p in _partitions(consumer, topic):
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                low, high = _watermarks(consumer, topic, p)
                 if high > low:
                     lasts.append((p, high - 1, high))
             for msg in _read(consumer, topic, lasts, timeout_s):
