@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from rewardloop_common.events import SessionBusiness, SessionRecord, SessionTuner
@@ -24,6 +25,7 @@ from rewardloop_common.exploration import (
 from rewardloop_common.testing import make_session_record, make_session_step
 from rewardloop_common.weights import BUILTIN_WEIGHTS
 from rewardloop_common.weights_store import WeightsStore
+from rewardloop_outer import tuner as tuner_mod
 from rewardloop_outer.metrics import OuterMetrics
 from rewardloop_outer.tuner import (
     MAX_IW,
@@ -282,6 +284,31 @@ def test_the_tuner_keeps_a_bounded_list_of_recent_decisions(store: WeightsStore)
         s.value for m in t.metrics.tuner_decisions.collect() for s in m.samples if s.name.endswith("_total")
     )
     assert counted == n
+
+
+def test_repeated_routine_decisions_are_summed_into_the_next_log_line(
+    store: WeightsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decision that repeats the segment's last logged one and changes nothing is logged at most
+    every ROUTINE_LOG_INTERVAL_S, and the next line says how many went unlogged; a different decision
+    is logged at once. Every decision is still counted and kept."""
+    clock = [1000.0]
+    monkeypatch.setattr(tuner_mod.time, "monotonic", lambda: clock[0])
+    t = tuner(store, batch_sessions=1, min_sessions=10**6, strategy="correlation")
+    with structlog.testing.capture_logs() as logs:
+        for i in range(5):  # blocked_min_sessions five times within the interval
+            t.add(_session(i, None, 1.0, clicks=i % 3, value=float(i % 5)))
+        clock[0] += tuner_mod.ROUTINE_LOG_INTERVAL_S
+        t.add(_session(5, None, 1.0, clicks=1, value=2.0))
+        t.min_sessions = 1  # a batch of one has no correlation: no_change, another decision
+        t.add(_session(6, None, 1.0, clicks=2, value=4.0))
+    lines = [e for e in logs if e["event"] == "tuner decision"]
+    assert [(e["decision"], e["unlogged_repeats"]) for e in lines] == [
+        ("blocked_min_sessions", 0),
+        ("blocked_min_sessions", 4),
+        ("no_change", 0),
+    ]
+    assert [d.decision for d in t.decisions] == ["blocked_min_sessions"] * 6 + ["no_change"]
 
 
 def test_reinforce_does_not_push_when_no_action_is_better(store: WeightsStore) -> None:
