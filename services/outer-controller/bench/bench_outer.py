@@ -313,9 +313,57 @@ def lag_phase(
     }
 
 
+def throughput_phase(
+    bootstrap: str, redis_url: str, topic: str, kpi: str, native: bool, a: argparse.Namespace
+) -> dict[str, Any]:
+    """``a.events`` events produced first, then consumed from offset 0 by a fresh controller."""
+    produce(bootstrap, topic, events(a.events, a.users))
+    ctl = controller(bootstrap, redis_url, topic, kpi, native, a.tuner)
+    ctl.subscribe()
+    deadline = time.monotonic() + 300
+    while not ctl.shards and time.monotonic() < deadline:
+        ctl.run_once()
+    jit0, tj = jit_cpu_seconds(broker_pid()), time.monotonic()
+    cpu0, busy0 = cpu_seconds(os.getpid()), machine_busy_seconds()
+    t0 = time.perf_counter()
+    # the clock runs from the loop that got the first records: before them the consumer joins the
+    # group and looks its offsets up (~1 s measured over a 10^6-record topic), which is start-up,
+    # not the rate it sustains (reported apart)
+    t_first = None
+    with automatic_gc_paused(ctl.s):
+        while consumed(ctl) < a.events and time.monotonic() < deadline:
+            t_loop = time.perf_counter()
+            ctl.run_once()
+            if t_first is None and consumed(ctl):
+                t_first = t_loop
+    ctl.checkpoint_and_produce()
+    t_end = time.perf_counter()
+    elapsed = t_end - (t_first if t_first is not None else t0)
+    tput_cpu = (cpu_seconds(os.getpid()) - cpu0) / a.events * 1e6
+    tput_busy = (machine_busy_seconds() - busy0) / (t_end - t0)
+    tput_jit = jit_cores_since(jit0, tj, broker_pid())
+    ctl.shutdown()
+    return {
+        "events": a.events,
+        "users": a.users,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(a.events / elapsed),
+        "seconds_to_first_records": round(t_end - t0 - elapsed, 3),
+        "controller_cpu_us_per_event": round(tput_cpu, 2),
+        "machine_busy_cores": round(tput_busy, 2),
+        "broker_jit_cores": tput_jit,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument(
+        "--events",
+        type=int,
+        default=300_000,
+        help="events of the throughput phase's backlog (default %(default)s; 0: no throughput phase, "
+        "the lag phases alone -- how the A/Bs of single settings were run, e.g. with OUTER_* env vars)",
+    )
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument(
         "--rate",
@@ -372,34 +420,8 @@ def main() -> int:
             if a.warmup_seconds
             else None
         )
-        evs = events(a.events, a.users)
-        produce(bootstrap, t_topic, evs)
-        # 1. throughput from a backlog
-        ctl = controller(bootstrap, redis_url, t_topic, kpi, native, a.tuner)
-        ctl.subscribe()
-        deadline = time.monotonic() + 300
-        while not ctl.shards and time.monotonic() < deadline:
-            ctl.run_once()
-        jit0, tj = jit_cpu_seconds(broker_pid()), time.monotonic()
-        cpu0, busy0 = cpu_seconds(os.getpid()), machine_busy_seconds()
-        t0 = time.perf_counter()
-        # the clock runs from the loop that got the first records: before them the consumer joins the
-        # group and looks its offsets up (~1 s measured over a 10^6-record topic), which is start-up,
-        # not the rate it sustains (reported apart)
-        t_first = None
-        with automatic_gc_paused(ctl.s):
-            while consumed(ctl) < a.events and time.monotonic() < deadline:
-                t_loop = time.perf_counter()
-                ctl.run_once()
-                if t_first is None and consumed(ctl):
-                    t_first = t_loop
-        ctl.checkpoint_and_produce()
-        t_end = time.perf_counter()
-        elapsed = t_end - (t_first if t_first is not None else t0)
-        tput_cpu = (cpu_seconds(os.getpid()) - cpu0) / a.events * 1e6
-        tput_busy = (machine_busy_seconds() - busy0) / (t_end - t0)
-        tput_jit = jit_cores_since(jit0, tj, broker_pid())
-        ctl.shutdown()
+        # 1. throughput from a backlog (skipped with --events 0: the lag phases alone)
+        tput = throughput_phase(bootstrap, redis_url, t_topic, kpi, native, a) if a.events else None
         # 2. lag at steady rates (a topic each)
         lags = [
             lag_phase(bootstrap, redis_url, f"bench.{run}.lag{i}", kpi, native, rate, a)
@@ -411,16 +433,7 @@ def main() -> int:
                     "impl": a.impl,
                     "tuner": a.tuner,
                     "warmup": warm,
-                    "throughput": {
-                        "events": a.events,
-                        "users": a.users,
-                        "seconds": round(elapsed, 3),
-                        "events_per_s": round(a.events / elapsed),
-                        "seconds_to_first_records": round(t_end - t0 - elapsed, 3),
-                        "controller_cpu_us_per_event": round(tput_cpu, 2),
-                        "machine_busy_cores": round(tput_busy, 2),
-                        "broker_jit_cores": tput_jit,
-                    },
+                    "throughput": tput,
                     "lag_ms": lags,
                 },
                 indent=1,
