@@ -18,7 +18,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -33,22 +34,37 @@ def _log(msg: str) -> None:
     print(f"rewardloop-admin: {msg}", file=sys.stderr, flush=True)
 
 
-def wait_for_broker(admin: AdminClient, wait_s: float) -> bool:
-    """Poll cluster metadata until a broker answers or ``wait_s`` seconds passed."""
+def _poll_metadata(
+    admin: AdminClient,
+    wait_s: float,
+    ready: Callable[[Any], bool],
+    interval_s: float,
+    on_error: Callable[[int, KafkaException], None] | None = None,
+) -> bool:
+    """Ask for cluster metadata until ``ready(metadata)`` or ``wait_s`` seconds passed (at least once)."""
     deadline = time.monotonic() + max(0.0, wait_s)
     attempt = 0
     while True:
         attempt += 1
         try:
-            md = admin.list_topics(timeout=min(5.0, max(1.0, wait_s)))
-            if md.brokers:
+            if ready(admin.list_topics(timeout=min(5.0, max(1.0, wait_s)))):
                 return True
         except KafkaException as exc:
-            if attempt == 1 or attempt % 10 == 0:
-                _log(f"waiting for Kafka: {exc}")
+            if on_error is not None:
+                on_error(attempt, exc)
         if time.monotonic() >= deadline:
             return False
-        time.sleep(0.5)
+        time.sleep(interval_s)
+
+
+def wait_for_broker(admin: AdminClient, wait_s: float) -> bool:
+    """Poll cluster metadata until a broker answers or ``wait_s`` seconds passed."""
+
+    def log_some(attempt: int, exc: KafkaException) -> None:
+        if attempt == 1 or attempt % 10 == 0:
+            _log(f"waiting for Kafka: {exc}")
+
+    return _poll_metadata(admin, wait_s, lambda md: bool(md.brokers), 0.5, log_some)
 
 
 def create_topics(
@@ -93,23 +109,14 @@ def wait_for_leaders(admin: AdminClient, topics: Sequence[str], wait_s: float) -
     A KRaft controller acknowledges CreateTopics before the broker has applied the new partitions:
     a client that asked for watermarks right after got NOT_LEADER_FOR_PARTITION (seen in CI). Once
     the broker's own metadata names a leader for each partition, the topic is usable."""
-    deadline = time.monotonic() + max(0.0, wait_s)
-    while True:
-        try:
-            md = admin.list_topics(timeout=5)
-            if all(
-                t in md.topics
-                and md.topics[t].error is None
-                and md.topics[t].partitions
-                and all(p.leader >= 0 and p.error is None for p in md.topics[t].partitions.values())
-                for t in topics
-            ):
-                return True
-        except KafkaException:
-            pass
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.2)
+    return _poll_metadata(admin, wait_s, lambda md: all(_has_leaders(md, t) for t in topics), 0.2)
+
+
+def _has_leaders(md: Any, topic: str) -> bool:
+    t = md.topics.get(topic)
+    if t is None or t.error is not None or not t.partitions:
+        return False
+    return all(p.leader >= 0 and p.error is None for p in t.partitions.values())
 
 
 def _redis_store(url: str, wait_s: float):  # type: ignore[no-untyped-def]
