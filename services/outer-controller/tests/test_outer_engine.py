@@ -612,8 +612,9 @@ def test_restore_leaves_out_the_lines_a_users_snapshot_covers() -> None:
     out, log = state_log.restore_log(blobs, 10, {"u1": 11, "u2": 9}, {"u1": b"12345", "u2": b"12"})
     assert out == [blob(["h", "u2", h]), b"", blob(["d", "u1"], ["h", "u3", h])]
     # not covered yet, by the first blob each still needs: the log's front stays at 10 for u2
-    assert log.uncovered == {"u2": 10, "u1": 12, "u3": 12}
-    assert list(log.uncovered.values()) == sorted(log.uncovered.values())  # oldest first
+    assert dict(log.uncovered.items()) == {"u2": 10, "u1": 12, "u3": 12}
+    seqs = [seq for _, seq in log.uncovered.items()]
+    assert seqs == sorted(seqs)  # oldest first
     assert (log.base, log.next_seq, log.log_bytes) == (10, 13, sum(map(len, blobs)))
     assert log.snap_bytes == 7
 

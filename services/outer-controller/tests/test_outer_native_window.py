@@ -23,6 +23,7 @@ from rewardloop_common.testing import make_kpi_event
 from rewardloop_outer.fastevents import Kpi, kpi_from_model, parse_action
 from rewardloop_outer.native_window import NativeClosed, NativeSessionWindow
 from rewardloop_outer.session_window import AddResult, ClosedSession, OpenSession, SessionWindow
+from rewardloop_outer.state_log import StateLog
 
 T0 = 1_763_888_400_000
 
@@ -455,3 +456,62 @@ def test_bench_like_stream_matches_the_reference() -> None:
     assert _by_user(py.delta()) == _by_user(nw.delta())
     assert [_closed_view(c) for c in py.close_all(0)] == [_closed_view(c) for c in nw.close_all(0)]
     assert py.open_count == nw.open_count == 0
+
+
+def test_native_take_and_compaction_match_the_python_bookkeeping() -> None:
+    """``take_delta`` + the native uncovered users (``StateLog.keep_natively``) against the Python
+    bookkeeping (``delta``, ``StateLog.appended`` with the dirty users in the same order,
+    ``commit_delta``) on two windows fed the same stream: the same blobs, compactions (states written,
+    users removed, log trimmed) and log bookkeeping after every checkpoint."""
+    gap = 60_000
+    py_w, nat_w = NativeSessionWindow(gap), NativeSessionWindow(gap)
+    py_log, nat_log = StateLog(), StateLog()
+    nat_log.keep_natively(nat_w.core)
+    rng = random.Random(7)
+    removed = compacted = 0
+    for i in range(8_000):
+        raw = _raw(f"e{i}", f"u{i // 400 * 20 + rng.randrange(60)}", T0 + i * 40)  # a drifting crowd
+        assert py_w.add_action_raw(raw, 0) is nat_w.add_action_raw(raw, 0)
+        if i % 97:
+            continue
+        py_w.close_due(0)
+        nat_w.close_due(0)
+        dirty = py_w.core.dirty_users()  # the order the native window marks them in
+        py_blob = py_w.delta() if dirty else b""
+        if py_blob:
+            py_log.appended(len(py_blob), dirty)
+        nat_blob = nat_w.core.take_delta(nat_log.next_seq)
+        if nat_blob:
+            nat_log.appended(len(nat_blob))
+        assert nat_blob == py_blob
+        c_py = py_log.compact(py_w.user_state, len(py_blob), 20_000)
+        c_nat = nat_log.compact(nat_w.user_state, len(nat_blob), 20_000)
+        py_w.commit_delta()
+        assert c_nat == c_py
+        assert nat_log.uncovered.items() == py_log.uncovered.items()
+        assert (nat_log.base, nat_log.sizes, nat_log.log_bytes, nat_log.snap_bytes, nat_log.compacting) == (
+            py_log.base,
+            py_log.sizes,
+            py_log.log_bytes,
+            py_log.snap_bytes,
+            py_log.compacting,
+        )
+        assert not nat_w.dirty
+        removed += len(c_nat.users_del)
+        compacted += len(c_nat.users_set)
+    assert removed >= 20 and compacted >= 200, (removed, compacted)
+    assert len(nat_log.uncovered) == nat_w.core.uncovered_len > 0
+
+
+def test_keep_natively_moves_the_uncovered_users_oldest_first() -> None:
+    log = StateLog(base=4)
+    log.appended(10, ["a", "b"])
+    log.appended(10, ["c", "a"])
+    log.appended(10, [])
+    log.appended(10, ["d"])
+    want = [("a", 4), ("b", 4), ("c", 5), ("d", 7)]
+    assert log.uncovered.items() == want
+    w = NativeSessionWindow(60_000)
+    log.keep_natively(w.core)
+    assert log.uncovered.items() == want and len(log.uncovered) == 4
+    assert log.uncovered.front() == 4

@@ -15,6 +15,7 @@ pub mod event;
 pub mod ingest;
 pub mod json;
 pub mod record;
+pub mod uncovered;
 pub mod window;
 
 /// Every Rust allocation of the extension (Python objects stay with CPython's allocator): the per-event

@@ -25,6 +25,7 @@
 use crate::closed::{Closed, ClosedCore};
 use crate::event::{self, Action, ActionFields, Kpi, Segment};
 use crate::json;
+use crate::uncovered::Uncovered;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PySet};
@@ -964,6 +965,8 @@ pub struct NativeWindow {
     /// `delta`'s output buffer, kept between checkpoints: a fresh multi-megabyte Vec per call cost more
     /// in page faults and regrowth copies than writing the lines
     scratch: Vec<u8>,
+    /// users the shard's snapshot does not cover yet (the engine's `StateLog`, for this window)
+    uncovered: Uncovered,
 }
 
 impl NativeWindow {
@@ -1282,6 +1285,7 @@ impl NativeWindow {
         Ok(NativeWindow {
             users: Users::default(),
             scratch: Vec::new(),
+            uncovered: Uncovered::default(),
             c: Core {
                 gap: gap_ms,
                 lateness: allowed_lateness_ms,
@@ -1491,6 +1495,61 @@ impl NativeWindow {
         let blob = PyBytes::new(py, &out);
         self.scratch = out;
         blob
+    }
+
+    /// A checkpoint's take in one call: the `delta` of the dirty users (empty: none), each of them
+    /// marked uncovered from log blob `seq` (the blob this delta becomes), and `commit_delta`.
+    fn take_delta<'py>(&mut self, py: Python<'py>, seq: u64) -> Bound<'py, PyBytes> {
+        let blob = self.delta(py, None);
+        for user in &self.c.dirty {
+            self.uncovered.mark(user, seq);
+        }
+        self.commit_delta();
+        blob
+    }
+
+    /// `users` have lines in log blob `seq` that the snapshot does not cover (a restore's bookkeeping).
+    fn uncovered_mark(&mut self, users: Vec<String>, seq: u64) {
+        for user in users {
+            self.uncovered.mark(&Arc::from(user), seq);
+        }
+    }
+
+    /// One checkpoint's compaction share: the users that hold the log back longest, removed from the
+    /// uncovered ones, each with its full state (`None`: nothing left, remove it from the snapshot),
+    /// until their states' bytes reach `budget`.
+    fn compact_users<'py>(&mut self, py: Python<'py>, budget: i64) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        let mut left = budget;
+        while left > 0 {
+            let Some(user) = self.uncovered.pop_front() else {
+                break;
+            };
+            let state = self.user_state(py, &user);
+            if let Some(st) = &state {
+                left -= st.as_bytes().len() as i64;
+            }
+            out.append((&*user, state))?;
+        }
+        Ok(out)
+    }
+
+    /// The first log blob an uncovered user still needs (`None`: every user is covered).
+    fn uncovered_front(&self) -> Option<u64> {
+        self.uncovered.front()
+    }
+
+    #[getter]
+    fn uncovered_len(&self) -> usize {
+        self.uncovered.len()
+    }
+
+    /// (user, first uncovered blob), oldest first (tests).
+    fn uncovered_items(&self) -> Vec<(String, u64)> {
+        self.uncovered
+            .iter()
+            .map(|(u, s)| (u.to_string(), *s))
+            .collect()
     }
 
     /// The last `delta` is durable: start tracking changes afresh.

@@ -58,7 +58,7 @@ from .native_window import NativeClosed, NativeSessionWindow
 from .records import RewardContext, compute_record, record_json
 from .session_window import AddResult, ClosedSession, LateEvent, SessionWindow
 from .settings import OuterSettings
-from .state_log import StateLog, restore_log
+from .state_log import NativeUncovered, StateLog, restore_log
 from .state_store import Fenced, ShardDelta, StateStore
 from .tradeoff import TradeoffTracker
 from .weight_update import FirstStep, SessionFeatures, TunerSession
@@ -845,14 +845,21 @@ class DurableController:
             for shard in self.shards.values():
                 w = shard.window
                 d = ShardDelta(shard.partition, shard.epoch)
-                dirty = w.dirty
-                if dirty:
-                    d.log_append = w.delta()
-                    shard.log.appended(len(d.log_append), dirty)
+                native = isinstance(shard.log.uncovered, NativeUncovered)
+                if native:  # the delta, its users marked uncovered and the commit in one native call
+                    d.log_append = shard.core.take_delta(shard.log.next_seq)
+                    if d.log_append:
+                        shard.log.appended(len(d.log_append))
+                else:
+                    dirty = w.dirty
+                    if dirty:
+                        d.log_append = w.delta()
+                        shard.log.appended(len(d.log_append), dirty)
                 c = d.compaction = shard.log.compact(w.user_state, len(d.log_append), log_max)
                 self._observe_state(shard, len(c.users_set) + len(c.users_del))
                 d.meta = shard.meta()  # after the compaction: its log_base
-                w.commit_delta()
+                if not native:
+                    w.commit_delta()
                 rids: list[str] = []
                 if shard.outbox_new:
                     rids = list(shard.outbox_new)
@@ -1029,6 +1036,8 @@ class DurableController:
         meta = snap.meta
         log_blobs, state_log = restore_log(snap.log, int(meta.get("log_base", 0)), snap.snapseq, snap.users)
         n_users = w.restore([*snap.users.values(), *log_blobs])
+        if isinstance(w, NativeSessionWindow):
+            state_log.keep_natively(w.core)
         w.max_event_ms = int(meta.get("max_event_ms", 0))
         c = meta.get("counters", {})
         w.duplicates = c.get("duplicates", 0)
