@@ -14,6 +14,7 @@ pub mod emit;
 pub mod event;
 pub mod ingest;
 pub mod json;
+pub mod outbox;
 pub mod record;
 pub mod uncovered;
 pub mod window;
@@ -77,6 +78,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(emit::close_records, m)?)?;
     m.add_function(wrap_pyfunction!(ingest::group_messages, m)?)?;
     m.add_function(wrap_pyfunction!(ingest::ingest_actions, m)?)?;
+    m.add_function(wrap_pyfunction!(outbox::outbox_batch, m)?)?;
     m.add_function(wrap_pyfunction!(dumps_f64, m)?)?;
     m.add_function(wrap_pyfunction!(dumps_str, m)?)?;
     m.add_function(wrap_pyfunction!(parse_action_fields, m)?)?;

@@ -47,7 +47,13 @@ from redis.exceptions import RedisError
 from rewardloop_common.events import SessionRecord, SessionTuner
 from rewardloop_common.kpi_priorities import KPI_PRIORITIES_KEY
 from rewardloop_common.logging import get_logger
-from rewardloop_outer_native import close_records, group_messages, ingest_actions, session_record
+from rewardloop_outer_native import (
+    close_records,
+    group_messages,
+    ingest_actions,
+    outbox_batch,
+    session_record,
+)
 
 from .business_reward import DEFAULT_PRIORITIES, KappaSchedule, ema_update
 from .credit import CreditAssigner
@@ -144,7 +150,15 @@ def _ts(m: Any) -> int:
 
 def _outbox_batch(entries: list[tuple[str, tuple[str, bytes, bytes]]]) -> bytes:
     """One outbox batch: per record a JSON header line ``{"r": id, "t": topic, "k": key, "n": len}``
-    and then the value's ``n`` bytes and a newline (values are stored as they are, not re-escaped)."""
+    and then the value's ``n`` bytes and a newline (values are stored as they are, not re-escaped).
+    Built natively (:func:`outbox_batch`, the same bytes; ~3 % of the loop thread in Python at 10^5
+    events/s); :func:`_outbox_batch_py` for what the native path declines."""
+    native = outbox_batch(entries)
+    return native if native is not None else _outbox_batch_py(entries)
+
+
+def _outbox_batch_py(entries: list[tuple[str, tuple[str, bytes, bytes]]]) -> bytes:
+    """:func:`_outbox_batch` in Python (the reference)."""
     out: list[bytes] = []
     for rid, (t, k, v) in entries:
         out.append(_outbox_value_header(rid, t, k, len(v)))
