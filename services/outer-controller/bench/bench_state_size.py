@@ -9,9 +9,10 @@ events, and its size is that times the bytes per stored event measured here.
 In process, without Kafka or Redis: ``--events`` of the bench's stream (``bench_outer.events``: the
 scored-action records the scorer writes, ``--users`` users, 2 ms apart, sessions closing after a 60 s gap
 and retained for the whole window) go into one window; then the controller's RSS growth per event, and
-the durable forms' sizes: the checkpoint delta lines (the Redis log) and every user's full state (the
-Redis snapshot hash), raw and LZ4-compressed as the store writes them. Prints the figures and a sizing
-table; nothing is kept.
+the durable forms' sizes: the delta lines of a checkpoint every 5 000 events (the Redis log) and every
+user's full state at the end (the Redis snapshot hash), raw and LZ4-compressed as the store writes
+them. Prints the figures and a sizing table; nothing is kept. Settings come from the environment as
+the service reads them (``OUTER_ATTRIBUTION_WINDOW_SECONDS``, ``OUTER_COMPRESS_RETAINED``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from rewardloop_outer.settings import OuterSettings
 from rewardloop_outer.state_store import pack
 
 GAP_MS = 60_000
-CLOSE_EVERY = 5_000  # events between close_due calls (the loop closes sessions continuously)
+CHECKPOINT_EVERY = 5_000  # events between checkpoints: close_due, the delta written and committed
 
 
 def rss_bytes() -> int:
@@ -50,15 +51,28 @@ def main() -> int:
         "--rates", type=float, nargs="+", default=[100, 1_000, 10_000], help="events/s for the sizing table"
     )
     a = ap.parse_args()
-    window_s = OuterSettings().outer_attribution_window_seconds
+    settings = OuterSettings()  # OUTER_ATTRIBUTION_WINDOW_SECONDS, OUTER_COMPRESS_RETAINED
+    window_s = settings.outer_attribution_window_seconds
     raws = [raw for _, raw in events(a.events, a.users)]
     raw_bytes = sum(map(len, raws)) / a.events
     attribution_ms = round(window_s * 1000)
     w: NativeSessionWindow | SessionWindow
     if a.impl == "native":
-        w = NativeSessionWindow(GAP_MS, attribution_window_ms=attribution_ms)
+        w = NativeSessionWindow(
+            GAP_MS, attribution_window_ms=attribution_ms, compress_retained=settings.outer_compress_retained
+        )
     else:
         w = SessionWindow(GAP_MS, attribution_window_ms=attribution_ms)
+    log_raw = log_lz4 = 0
+
+    def checkpoint() -> None:  # as the engine's: what closed, then the delta written and committed
+        nonlocal log_raw, log_lz4
+        w.close_due(0)
+        delta = w.delta()
+        log_raw += len(delta)
+        log_lz4 += len(pack(delta))
+        w.commit_delta()
+
     gc.collect()
     before = rss_bytes()
     for i, raw in enumerate(raws):
@@ -66,17 +80,17 @@ def main() -> int:
             w.add_action_raw(raw, 0)
         else:
             w.add_action(parse_action(raw), 0)
-        if i % CLOSE_EVERY == CLOSE_EVERY - 1:
-            w.close_due(0)
-    w.close_due(0)
+        if i % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1:
+            checkpoint()
+    checkpoint()
     gc.collect()
     per_event = (rss_bytes() - before) / a.events
-    delta = w.delta()
     snapshot = [s for s in (w.user_state(u) for u in w.users()) if s is not None]
-    log_raw, log_lz4 = len(delta) / a.events, len(pack(delta)) / a.events
+    log_raw, log_lz4 = log_raw / a.events, log_lz4 / a.events
     snap_raw = sum(map(len, snapshot)) / a.events
     snap_lz4 = sum(len(pack(s)) for s in snapshot) / a.events
-    print(f"{a.events} events ({raw_bytes:.0f} bytes of JSON each), {a.users} users, {a.impl} window:")
+    what = a.impl if a.impl == "python" else f"native (compress_retained={settings.outer_compress_retained})"
+    print(f"{a.events} events ({raw_bytes:.0f} bytes of JSON each), {a.users} users, {what} window:")
     print(f"  stored: {w.open_count} open and {w.retained_count} retained sessions")
     print(f"  controller RSS per stored event: {per_event:,.0f} bytes")
     print(f"  Redis log (delta lines) per event: {log_raw:,.0f} bytes raw, {log_lz4:,.0f} LZ4")

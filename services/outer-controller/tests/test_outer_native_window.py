@@ -193,7 +193,9 @@ class Pair:
         self.kw = {"allowed_lateness_ms": lateness, "attribution_window_ms": attr}
         self.gap = gap
         self.py = SessionWindow(gap, **self.kw)  # type: ignore[arg-type]
-        self.nw = NativeSessionWindow(gap, **self.kw)  # type: ignore[arg-type]
+        # retained sessions' actions compressed (the default) or kept parsed: either, per seed
+        self.nkw = {**self.kw, "compress_retained": rng.random() < 0.7}
+        self.nw = NativeSessionWindow(gap, **self.nkw)  # type: ignore[arg-type]
         self.py_log: list[bytes] = []  # every committed delta since the last snapshot (the restore input)
         self.nw_log: list[bytes] = []
         self.closed_keys: list[tuple[str, int]] = []
@@ -267,7 +269,7 @@ class Pair:
         header line only when no retained session's metadata did)."""
         users = sorted(self.py.users())
         py2 = SessionWindow(self.gap, **self.kw)  # type: ignore[arg-type]
-        nw2 = NativeSessionWindow(self.gap, **self.kw)  # type: ignore[arg-type]
+        nw2 = NativeSessionWindow(self.gap, **self.nkw)  # type: ignore[arg-type]
         assert py2.restore(self.py_log) == nw2.restore(self.nw_log) == len(users)
         for u in users:
             assert py2.user_state(u) == self.py.user_state(u), u
@@ -287,10 +289,10 @@ class Pair:
         else:
             py_blobs, nw_blobs = list(self.py_log), list(self.nw_log)
         py2 = SessionWindow(self.gap, **self.kw)  # type: ignore[arg-type]
-        nw2 = NativeSessionWindow(self.gap, **self.kw)  # type: ignore[arg-type]
+        nw2 = NativeSessionWindow(self.gap, **self.nkw)  # type: ignore[arg-type]
         assert py2.restore(py_blobs) == nw2.restore(nw_blobs) == len(users)
         if self.rng.random() < 0.3:  # and the native window restores the reference's lines too
-            nw3 = NativeSessionWindow(self.gap, **self.kw)  # type: ignore[arg-type]
+            nw3 = NativeSessionWindow(self.gap, **self.nkw)  # type: ignore[arg-type]
             assert nw3.restore(py_blobs) == len(users)
             assert [nw3.user_state(u) for u in users] == [py.user_state(u) for u in users]
         for name in COUNTERS:

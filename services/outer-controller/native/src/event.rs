@@ -60,6 +60,10 @@ const DEFAULT_SEGMENT: Span = Span {
     len: 0,
 };
 
+/// The bytes of [`Action::encode`]'s form before the buffer: two lengths, five spans (4+4 bytes
+/// each), ten 8-byte numbers, three flags.
+const ENCODED_FIXED: usize = 4 + 4 + 5 * 8 + 10 * 8 + 3;
+
 /// An action's fields as read (or as Python hands them over), before they are packed into an
 /// [`Action`]. A borrowed string that lies within the record's bytes is stored as a span of them.
 #[derive(Clone, Debug, Default)]
@@ -159,6 +163,121 @@ impl Action {
                 | (u8::from(f.explore_probability.is_some()) << 1)
                 | (u8::from(f.exploration_version.is_some()) << 2),
         })
+    }
+
+    /// Append the action's bytes in the form [`Action::decode`] reads back (a retained session's
+    /// actions are kept so, compressed: `window::Frozen`). Little-endian: the buffer's and the JSON's
+    /// lengths, the five spans, the ten numbers, the three flags, then the buffer.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.buf.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+        for s in [
+            self.event_id,
+            self.request_id,
+            self.user_id,
+            self.item_id,
+            self.segment,
+        ] {
+            out.extend_from_slice(&s.start.to_le_bytes());
+            out.extend_from_slice(&s.len.to_le_bytes());
+        }
+        for x in [self.position, self.event_time_ms, self.weights_version] {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        for x in [self.explore_action, self.exploration_version] {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        for x in [
+            self.dwell_seconds,
+            self.predicted_relevance,
+            self.behavior_propensity,
+            self.reward,
+            self.explore_probability,
+        ] {
+            out.extend_from_slice(&x.to_bits().to_le_bytes());
+        }
+        out.extend_from_slice(&[
+            u8::from(self.clicked),
+            u8::from(self.skipped),
+            self.explore_set,
+        ]);
+        out.extend_from_slice(&self.buf);
+    }
+
+    /// The action [`Action::encode`] wrote at the start of `b`, and the bytes it took.
+    pub fn decode(b: &[u8]) -> (Action, usize) {
+        let mut pos = 0;
+        let mut take = |n: usize| {
+            let s = &b[pos..pos + n];
+            pos += n;
+            s
+        };
+        let u32_ = |s: &[u8]| u32::from_le_bytes(s.try_into().unwrap());
+        let u64_ = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap());
+        let buf_len = u32_(take(4)) as usize;
+        let raw_len = u32_(take(4));
+        let mut spans = [DEFAULT_SEGMENT; 5];
+        for sp in spans.iter_mut() {
+            *sp = Span {
+                start: u32_(take(4)),
+                len: u32_(take(4)),
+            };
+        }
+        let mut ints = [0i64; 5];
+        for x in ints.iter_mut() {
+            *x = u64_(take(8)) as i64;
+        }
+        let mut floats = [0f64; 5];
+        for x in floats.iter_mut() {
+            *x = f64::from_bits(u64_(take(8)));
+        }
+        let flags = take(3);
+        let (clicked, skipped, explore_set) = (flags[0] != 0, flags[1] != 0, flags[2]);
+        let buf: Box<[u8]> = take(buf_len).into();
+        let [event_id, request_id, user_id, item_id, segment] = spans;
+        let [position, event_time_ms, weights_version, explore_action, exploration_version] = ints;
+        let [dwell_seconds, predicted_relevance, behavior_propensity, reward, explore_probability] =
+            floats;
+        let a = Action {
+            buf,
+            raw_len,
+            event_id,
+            request_id,
+            user_id,
+            item_id,
+            segment,
+            position,
+            event_time_ms,
+            dwell_seconds,
+            predicted_relevance,
+            behavior_propensity,
+            reward,
+            weights_version,
+            explore_action,
+            explore_probability,
+            exploration_version,
+            clicked,
+            skipped,
+            explore_set,
+        };
+        (a, pos)
+    }
+
+    /// The JSON of the action [`Action::encode`] wrote at the start of `b`, and the bytes it took
+    /// (without building the action).
+    pub fn decode_raw(b: &[u8]) -> (&[u8], usize) {
+        let buf_len = u32::from_le_bytes(b[0..4].try_into().unwrap()) as usize;
+        let raw_len = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
+        let start = ENCODED_FIXED;
+        (&b[start..start + raw_len], start + buf_len)
+    }
+
+    /// The id of the action [`Action::encode`] wrote at the start of `b`, and the bytes it took.
+    pub fn decode_event_id(b: &[u8]) -> (&[u8], usize) {
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as usize;
+        let (buf_len, start, len) = (u32_at(0), u32_at(8), u32_at(12));
+        let id = &b[ENCODED_FIXED + start..ENCODED_FIXED + start + len];
+        (id, ENCODED_FIXED + buf_len)
     }
 
     /// The record's JSON.
@@ -1569,6 +1688,37 @@ mod tests {
             decided > 50_000 && accepted > 50_000,
             "{decided} {accepted}"
         );
+    }
+
+    #[test]
+    fn encoded_actions_decode_to_the_same_actions() {
+        // random records (escaped strings among them: text kept after the JSON), back to back
+        let mut r = Rng(11);
+        let mut actions = Vec::new();
+        while actions.len() < 500 {
+            let mut kv = base(&mut r);
+            mutate(&mut r, &mut kv);
+            let raw = render(&mut r, &kv, false);
+            if let Some(a) = parse_serde(&raw) {
+                actions.push(a);
+            }
+        }
+        let mut enc = Vec::new();
+        for a in &actions {
+            a.encode(&mut enc);
+        }
+        let mut pos = 0;
+        for a in &actions {
+            let (b, n) = Action::decode(&enc[pos..]);
+            assert!(same(a, &b) && a.buf == b.buf, "{:?} vs {:?}", a, b);
+            assert_eq!(Action::decode_raw(&enc[pos..]), (a.raw(), n));
+            assert_eq!(
+                Action::decode_event_id(&enc[pos..]),
+                (a.event_id().as_bytes(), n)
+            );
+            pos += n;
+        }
+        assert_eq!(pos, enc.len());
     }
 
     #[test]

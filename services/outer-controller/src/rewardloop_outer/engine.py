@@ -280,11 +280,16 @@ class DurableController:
         return 0 if self.s.outer_clock == "event" else self.wall()
 
     def new_window(self) -> SessionWindow | NativeSessionWindow:
-        cls = NativeSessionWindow if self.s.outer_native else SessionWindow
-        return cls(
-            self.s.gap_ms,
-            allowed_lateness_ms=self.s.lateness_ms,
-            attribution_window_ms=self.s.attribution_ms,
+        s = self.s
+        if s.outer_native:
+            return NativeSessionWindow(
+                s.gap_ms,
+                allowed_lateness_ms=s.lateness_ms,
+                attribution_window_ms=s.attribution_ms,
+                compress_retained=s.outer_compress_retained,
+            )
+        return SessionWindow(
+            s.gap_ms, allowed_lateness_ms=s.lateness_ms, attribution_window_ms=s.attribution_ms
         )
 
     def subscribe(self) -> None:

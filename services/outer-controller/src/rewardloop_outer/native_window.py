@@ -147,8 +147,11 @@ class NativeSessionWindow:
         *,
         allowed_lateness_ms: int | None = None,
         attribution_window_ms: int = 0,
+        compress_retained: bool = True,
     ) -> None:
-        self.core = NativeWindow(int(gap_ms), allowed_lateness_ms, int(attribution_window_ms))
+        self.core = NativeWindow(
+            int(gap_ms), allowed_lateness_ms, int(attribution_window_ms), bool(compress_retained)
+        )
         self.gap_ms = self.core.gap_ms
         self.lateness_ms = allowed_lateness_ms
         self.attribution_ms = self.core.attribution_window_ms
