@@ -64,6 +64,25 @@ const DEFAULT_SEGMENT: Span = Span {
 /// each), ten 8-byte numbers, three flags.
 const ENCODED_FIXED: usize = 4 + 4 + 5 * 8 + 10 * 8 + 3;
 
+/// The little-endian u32 at byte `i` of an encoded record.
+fn u32_at(b: &[u8], i: usize) -> usize {
+    u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as usize
+}
+
+/// The records [`Action::encode`] wrote back to back into `enc`, one slice each (a record is the
+/// fixed part and its buffer, whose length comes first).
+pub fn encoded_actions(enc: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = enc;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (rec, tail) = rest.split_at(ENCODED_FIXED + u32_at(rest, 0));
+        rest = tail;
+        Some(rec)
+    })
+}
+
 /// An action's fields as read (or as Python hands them over), before they are packed into an
 /// [`Action`]. A borrowed string that lies within the record's bytes is stored as a span of them.
 #[derive(Clone, Debug, Default)]
@@ -204,8 +223,8 @@ impl Action {
         out.extend_from_slice(&self.buf);
     }
 
-    /// The action [`Action::encode`] wrote at the start of `b`, and the bytes it took.
-    pub fn decode(b: &[u8]) -> (Action, usize) {
+    /// The action of one record [`Action::encode`] wrote (one item of [`encoded_actions`]).
+    pub fn decode(b: &[u8]) -> Action {
         let mut pos = 0;
         let mut take = |n: usize| {
             let s = &b[pos..pos + n];
@@ -238,7 +257,7 @@ impl Action {
         let [position, event_time_ms, weights_version, explore_action, exploration_version] = ints;
         let [dwell_seconds, predicted_relevance, behavior_propensity, reward, explore_probability] =
             floats;
-        let a = Action {
+        Action {
             buf,
             raw_len,
             event_id,
@@ -259,25 +278,18 @@ impl Action {
             clicked,
             skipped,
             explore_set,
-        };
-        (a, pos)
+        }
     }
 
-    /// The JSON of the action [`Action::encode`] wrote at the start of `b`, and the bytes it took
-    /// (without building the action).
-    pub fn decode_raw(b: &[u8]) -> (&[u8], usize) {
-        let buf_len = u32::from_le_bytes(b[0..4].try_into().unwrap()) as usize;
-        let raw_len = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
-        let start = ENCODED_FIXED;
-        (&b[start..start + raw_len], start + buf_len)
+    /// The JSON of one encoded record, without building the action.
+    pub fn encoded_raw(b: &[u8]) -> &[u8] {
+        &b[ENCODED_FIXED..ENCODED_FIXED + u32_at(b, 4)]
     }
 
-    /// The id of the action [`Action::encode`] wrote at the start of `b`, and the bytes it took.
-    pub fn decode_event_id(b: &[u8]) -> (&[u8], usize) {
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as usize;
-        let (buf_len, start, len) = (u32_at(0), u32_at(8), u32_at(12));
-        let id = &b[ENCODED_FIXED + start..ENCODED_FIXED + start + len];
-        (id, ENCODED_FIXED + buf_len)
+    /// The event id of one encoded record, without building the action.
+    pub fn encoded_event_id(b: &[u8]) -> &[u8] {
+        let start = ENCODED_FIXED + u32_at(b, 8);
+        &b[start..start + u32_at(b, 12)]
     }
 
     /// The record's JSON.
@@ -1707,18 +1719,14 @@ mod tests {
         for a in &actions {
             a.encode(&mut enc);
         }
-        let mut pos = 0;
-        for a in &actions {
-            let (b, n) = Action::decode(&enc[pos..]);
+        let records: Vec<&[u8]> = encoded_actions(&enc).collect();
+        assert_eq!(records.len(), actions.len());
+        for (a, rec) in actions.iter().zip(records) {
+            let b = Action::decode(rec);
             assert!(same(a, &b) && a.buf == b.buf, "{:?} vs {:?}", a, b);
-            assert_eq!(Action::decode_raw(&enc[pos..]), (a.raw(), n));
-            assert_eq!(
-                Action::decode_event_id(&enc[pos..]),
-                (a.event_id().as_bytes(), n)
-            );
-            pos += n;
+            assert_eq!(Action::encoded_raw(rec), a.raw());
+            assert_eq!(Action::encoded_event_id(rec), a.event_id().as_bytes());
         }
-        assert_eq!(pos, enc.len());
     }
 
     #[test]

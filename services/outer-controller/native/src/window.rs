@@ -23,7 +23,7 @@
 //! `add_action`).
 
 use crate::closed::{Closed, ClosedCore};
-use crate::event::{self, Action, ActionFields, Kpi, Segment};
+use crate::event::{self, encoded_actions, Action, ActionFields, Kpi, Segment};
 use crate::json;
 use crate::uncovered::Uncovered;
 use pyo3::exceptions::PyValueError;
@@ -224,29 +224,22 @@ impl Frozen {
 
     /// An action with this id among them (read from the encoded form, nothing parsed back).
     fn contains(&self, id: &str) -> bool {
-        if !self.hashes.contains(&id_hash(id)) {
-            return false;
-        }
-        let enc = self.encoded();
-        let mut pos = 0;
-        while pos < enc.len() {
-            let (eid, n) = Action::decode_event_id(&enc[pos..]);
-            if eid == id.as_bytes() {
-                return true;
-            }
-            pos += n;
-        }
-        false
+        self.hashes.contains(&id_hash(id))
+            && encoded_actions(&self.encoded())
+                .any(|r| Action::encoded_event_id(r) == id.as_bytes())
+    }
+
+    /// The actions in insertion order.
+    fn actions(&self) -> Vec<Arc<Action>> {
+        encoded_actions(&self.encoded())
+            .map(|r| Arc::new(Action::decode(r)))
+            .collect()
     }
 
     fn thaw(&self) -> EvSet<Action> {
-        let enc = self.encoded();
         let mut set = EvSet::default();
-        let mut pos = 0;
-        while pos < enc.len() {
-            let (a, n) = Action::decode(&enc[pos..]);
-            set.insert(Arc::new(a));
-            pos += n;
+        for a in self.actions() {
+            set.insert(a);
         }
         set
     }
@@ -312,7 +305,7 @@ impl Actions {
     fn to_vec(&self) -> Vec<Arc<Action>> {
         match self {
             Actions::Live(set) => set.iter().cloned().collect(),
-            Actions::Frozen(f) => f.thaw().iter().cloned().collect(),
+            Actions::Frozen(f) => f.actions(),
         }
     }
 
@@ -321,13 +314,7 @@ impl Actions {
         match self {
             Actions::Live(set) => set.iter().for_each(|a| f(a.raw())),
             Actions::Frozen(fr) => {
-                let enc = fr.encoded();
-                let mut pos = 0;
-                while pos < enc.len() {
-                    let (raw, n) = Action::decode_raw(&enc[pos..]);
-                    f(raw);
-                    pos += n;
-                }
+                encoded_actions(&fr.encoded()).for_each(|r| f(Action::encoded_raw(r)))
             }
         }
     }
@@ -1381,13 +1368,11 @@ fn session_dict<'py>(py: Python<'py>, s: &Session) -> PyResult<Bound<'py, PyDict
     d.set_item("q", s.key_ms)?;
     d.set_item("b", s.baseline)?;
     d.set_item("t", s.tuner.as_ref().map(|t| PyBytes::new(py, t)))?;
-    d.set_item(
-        "actions",
-        PyList::new(
-            py,
-            s.actions.to_vec().iter().map(|a| PyBytes::new(py, a.raw())),
-        )?,
-    )?;
+    d.set_item("actions", {
+        let mut raws = Vec::new();
+        s.actions.for_each_raw(|r| raws.push(PyBytes::new(py, r)));
+        PyList::new(py, raws)?
+    })?;
     d.set_item(
         "kpis",
         PyList::new(py, s.kpis.iter().map(|k| PyBytes::new(py, &k.raw)))?,
