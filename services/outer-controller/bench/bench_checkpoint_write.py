@@ -4,10 +4,10 @@ dependency).
 
 The write is the one :class:`~rewardloop_outer.state_store.RedisStateStore` sends at a checkpoint while
 compaction runs: one delta blob, ``--users`` compacted user states (each a real native window's state of
-a user with ``--actions`` open actions, LZ4-compressed as stored), their snapshot sequence numbers, an
-outbox batch and the shard's meta. Against a private ``redis-server`` on a free loopback port; the two
-clients alternate, ``--rounds`` writes each per round. Prints the median and P90 ms per write of each and
-their ratio; nothing is kept.
+a user with ``--actions`` open actions on average, from ``bench_outer.events``, LZ4-compressed as
+stored), their snapshot sequence numbers, an outbox batch and the shard's meta. Against a private
+``redis-server`` on a free loopback port; the two clients alternate, ``--rounds`` writes each per round.
+Prints the median and P90 ms per write of each and their ratio; nothing is kept.
 
 Why it matters: compaction makes a checkpoint carry thousands of user states, and a checkpoint that does
 not run on the writer thread blocks the loop for the whole write (at 50 000 events/s the inline write
@@ -22,37 +22,25 @@ import sys
 import time
 
 import redis
+from bench_outer import events
 from redis._parsers import _RESP2Parser
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
-from rewardloop_common.testing import RedisServer, make_reward_event
+from rewardloop_common.testing import RedisServer
 from rewardloop_outer.native_window import NativeSessionWindow
 from rewardloop_outer.state_log import Compaction
 from rewardloop_outer.state_store import RedisStateStore, ShardDelta
 
-T0 = 1_763_888_400_000
 GAP_MS = 30 * 60_000
 
 
 def user_states(users: int, actions: int) -> dict[str, bytes]:
-    """Each user's durable state from a native window that was fed ``actions`` scored actions of it."""
+    """Each user's durable state from a native window fed the bench's stream (``bench_outer.events``)
+    of ``users * actions`` scored actions: ``actions`` of them per user on average, one open session."""
     w = NativeSessionWindow(GAP_MS)
-    tmpl = make_reward_event("x", "u", T0)
-    for a in range(actions):
-        for u in range(users):
-            ev = tmpl.model_copy(
-                update={
-                    "event_id": f"e{u}-{a}",
-                    "user_id": f"u{u}",
-                    "item_id": f"item-{(u * 7919 + a) % 100_000}",
-                    "event_time_ms": T0 + a * 1000 + u,
-                    "clicked": (u + a) % 3 == 0,
-                    "dwell_seconds": float((u * a) % 30),
-                    "position": a % 10,
-                }
-            )
-            w.add_action_raw(ev.model_dump_json().encode(), T0)
+    for _, raw in events(users * actions, users):
+        w.add_action_raw(raw, 0)
     states = {u: w.user_state(u) for u in sorted(w.users())}
     return {u: s for u, s in states.items() if s is not None}
 
