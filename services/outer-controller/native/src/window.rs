@@ -293,12 +293,15 @@ impl Actions {
         }
     }
 
-    /// The [`id_hash`]es of the actions' ids, in insertion order.
-    fn hashes(&self) -> Vec<u64> {
-        match self {
-            Actions::Live(set) => set.hashes().collect(),
-            Actions::Frozen(f) => f.hashes.to_vec(),
-        }
+    /// The [`id_hash`]es of the actions' ids, in insertion order (no allocation: read at every close).
+    fn hashes(&self) -> impl Iterator<Item = u64> + '_ {
+        let (live, frozen) = match self {
+            Actions::Live(set) => (Some(set.hashes()), None),
+            Actions::Frozen(f) => (None, Some(f.hashes.iter().copied())),
+        };
+        live.into_iter()
+            .flatten()
+            .chain(frozen.into_iter().flatten())
     }
 
     /// The actions in insertion order.
@@ -2014,10 +2017,10 @@ mod tests {
         acts.live_mut().insert(action("e3", 99)); // the same id: replaced in place
         let want = raws(&acts);
         let parsed = acts.to_vec();
-        let hashes = acts.hashes();
+        let hashes: Vec<u64> = acts.hashes().collect();
         acts.freeze();
         assert!(matches!(acts, Actions::Frozen(_)));
-        assert_eq!(acts.hashes(), hashes);
+        assert_eq!(acts.hashes().collect::<Vec<_>>(), hashes);
         assert!(acts.contains("e39") && acts.contains("e0") && !acts.contains("e40"));
         assert_eq!(raws(&acts), want);
         let back = acts.to_vec();
