@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import weakref
+import zlib
 from typing import Any
 
 import orjson
@@ -70,7 +71,12 @@ class Log:
 
     def append(self, topic: str, user: str, value: bytes) -> None:
         self.seq += 1
-        self.data[topic][hash(user) % self.n].append((self.seq, value))  # type: ignore[arg-type]
+        self.data[topic][self.partition(user)].append((self.seq, value))  # type: ignore[arg-type]
+
+    def partition(self, user: str) -> int:
+        # a stable hash, as Kafka's key partitioner is: str hash() is seeded per process, so the
+        # partitions -- and how the loop batches their records -- changed from run to run
+        return zlib.crc32(user.encode()) % self.n
 
 
 class FakeConsumer:
@@ -198,7 +204,7 @@ def stream(log: Log, seed: int = 7, users: int = 40) -> None:
 def flush_ticks(log: Log) -> None:
     """A far-future action on every partition: every open session becomes due."""
     for p in range(log.n):
-        user = next(f"tick{i}" for i in range(1000) if hash(f"tick{i}") % log.n == p)
+        user = next(f"tick{i}" for i in range(1000) if log.partition(f"tick{i}") == p)
         log.append(R, user, tick_event(p, GAP_S * 1000))
 
 
