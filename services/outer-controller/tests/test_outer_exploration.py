@@ -36,10 +36,13 @@ from rewardloop_outer.tuner import (
     batch_rewards,
     decode_action,
     encode_action,
+    learning_step,
+    learning_step_py,
     nearest_action,
     reinforce_gradient,
 )
 from rewardloop_outer.weight_update import SessionFeatures, TunerSession
+from rewardloop_outer_native import drlput_step
 
 # shared with the scorer (docs/architecture.md, "Assignment"): the same strings, the same hashes
 HASH_VECTORS = {
@@ -365,6 +368,63 @@ def test_the_batched_gradient_equals_the_per_session_sum() -> None:
         assert np.allclose(reinforce_gradient(policy, actions, mus, rewards), want, rtol=1e-12, atol=1e-15)
         got = policy.probs_of(np.asarray(actions))
         assert np.array_equal(got, [policy.prob(a) for a in actions])
+
+
+def _random_batch(rng: np.random.Generator, n: int, levels: int, explored: float) -> list[TunerSession]:
+    """Sessions as the tuner gets them: mostly the centre action, ``explored`` of them elsewhere, some
+    without a behaviour or kappa, business value mostly 0."""
+    centre = [int(x) for x in rng.integers(0, levels, size=3)]
+    out = []
+    for i in range(n):
+        action = [int(x) for x in rng.integers(0, levels, size=3)] if rng.uniform() < explored else centre
+        mu = 0.99 if action == centre else float(rng.uniform(0.0005, 0.01))
+        tuner = None if rng.uniform() < 0.1 else SessionTuner(action=action, propensity=mu)
+        kappa = None if rng.uniform() < 0.1 else float(rng.choice([0.2, 0.5, 0.9]))
+        value = float(rng.uniform(-5, 5)) if rng.uniform() < 0.3 else 0.0
+        feats = SessionFeatures(
+            float(rng.uniform()), float(rng.uniform(0, 3)), float(rng.choice([0.0, 0.25, 0.5])), 0.5
+        )
+        out.append(TunerSession(f"u{i}:1", "default", tuner, kappa, value, value, feats))
+    return out
+
+
+def test_the_native_learning_step_agrees_with_the_reference() -> None:
+    """learning_step (Rust, summing in order) and learning_step_py (numpy, summing pairwise) agree to
+    ~1e-9 on random batches and policies, and on the decisions' inputs (mode, distinct actions)."""
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        levels = int(rng.choice([3, 10]))
+        n = int(rng.choice([2, 7, 200, 1000]))
+        batch = _random_batch(rng, n, levels, explored=float(rng.choice([0.0, 0.01, 0.5])))
+        if trial % 10 == 0:  # no spread: min-max gives 0.5
+            batch = [b._replace(value=1.0, features=batch[0].features) for b in batch]
+        centre = [int(x) for x in rng.integers(0, levels, size=3)]
+        old = Policy(rng.normal(scale=float(rng.choice([0.1, 2.0])), size=(3, levels)), version=trial)
+        lr = float(rng.choice([0.5, 5.0]))
+        got, want = learning_step(batch, centre, old, lr), learning_step_py(batch, centre, old, lr)
+        assert got.policy.version == want.policy.version == trial + 1
+        # atol: with rewards that do not vary, both steps are rounding noise (~1e-16) divided by the
+        # std's 1e-6 guard
+        assert np.allclose(got.policy.theta, want.policy.theta, rtol=1e-10, atol=1e-8)
+        for a, b in ((got.kl, want.kl), (got.v_new, want.v_new), (got.v_beh, want.v_beh)):
+            assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
+        assert got.entropy == pytest.approx(want.entropy, rel=1e-9)
+        assert (got.mode, got.distinct) == (want.mode, want.distinct)
+
+
+def test_the_native_learning_step_leaves_what_it_cannot_read_to_the_reference() -> None:
+    """A level outside ``0..levels`` or an action of the wrong length is declined natively and goes to
+    the reference, which raises as before (the tuner counts the batch as an error)."""
+    rng = np.random.default_rng(8)
+    old = Policy(rng.normal(size=(3, 10)))
+    for bad, error in (([0, -1, 0], ValueError), ([0, 10, 0], IndexError), ([1, 2], ValueError)):
+        batch = _random_batch(rng, 50, 10, explored=0.5)
+        batch[3] = batch[3]._replace(tuner=SessionTuner(action=bad, propensity=0.01))
+        assert drlput_step(batch, [1, 1, 1], old.theta.tobytes(), 0.5) is None
+        with pytest.raises(error):
+            learning_step_py(batch, [1, 1, 1], old, 0.5)
+        with pytest.raises(error):
+            learning_step(batch, [1, 1, 1], old, 0.5)
 
 
 def test_batch_rewards_are_the_formula_per_session() -> None:

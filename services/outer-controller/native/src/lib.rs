@@ -1,10 +1,10 @@
 //! `rewardloop_outer_native._core`: the outer controller's per-event path in Rust.
 //!
 //! The Python package `rewardloop_outer` stays the reference implementation (and the home of every
-//! rare path: pydantic validation, the gated-attention credit model, the tuner); this extension does
-//! what runs per event at 10^5 events/s -- parsing scored actions, the session window with its
-//! durable state lines, and building session records -- with byte-identical output (the tests run
-//! both side by side).
+//! rare path: pydantic validation, the gated-attention credit model, the tuner's decisions); this
+//! extension does what runs per event at 10^5 events/s -- parsing scored actions, the session window
+//! with its durable state lines, and building session records -- with byte-identical output (the
+//! tests run both side by side), and the tuner's learning step (~60 a second at that rate).
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod json;
 pub mod outbox;
 pub mod record;
+pub mod tuner_step;
 pub mod uncovered;
 pub mod window;
 
@@ -82,6 +83,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dumps_f64, m)?)?;
     m.add_function(wrap_pyfunction!(dumps_str, m)?)?;
     m.add_function(wrap_pyfunction!(parse_action_fields, m)?)?;
+    m.add_function(wrap_pyfunction!(tuner_step::drlput_step, m)?)?;
     record::register(m)?;
     Ok(())
 }
