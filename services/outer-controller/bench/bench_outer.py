@@ -124,7 +124,14 @@ def controller(
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
         }
     )
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4"})
+    conf = {"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4"}
+    # OUTER_NATIVE_PRODUCER (default true) picks the producer, as the service does
+    if s.outer_native_producer:
+        from rewardloop_outer_native import NativeProducer
+
+        producer: Any = NativeProducer(conf)
+    else:
+        producer = Producer(conf)
     rds = redis.Redis.from_url(redis_url)
     metrics = OuterMetrics(CollectorRegistry())
     return DurableController(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -158,6 +158,50 @@ class FakeProducer:
         return [json.loads(v) for t, _, v in self.landed if t == S]
 
 
+class FakeBatchProducer(FakeProducer):
+    """:class:`FakeProducer` with ``NativeProducer``'s API (``batch_reports``): ``produce`` takes
+    ``[(topic, key, value, token)]`` and says how many it took; ``poll`` returns the tokens delivered
+    and failed. ``take_next``: the queue takes this many more records, then is full."""
+
+    batch_reports = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.take_next: int | None = None
+
+    def produce(self, records: list[tuple[str, bytes, bytes, int]]) -> tuple[int, str | None]:  # type: ignore[override]
+        n = len(records) if self.take_next is None else min(len(records), self.take_next)
+        if self.take_next is not None:
+            self.take_next -= n
+        self.attempts += n
+        self.pending.extend(records[:n])
+        return n, None if n == len(records) else "queue full"
+
+    def poll(self, timeout: float = 0) -> tuple[list[int], list[tuple[int, str]]]:  # type: ignore[override]
+        pending, self.pending = self.pending, []
+        delivered, failed = [], []
+        for topic, key, value, token in pending:
+            if self.fail_next:
+                self.fail_next -= 1
+                failed.append((token, "Local: Message timed out"))
+            else:
+                self.landed.append((topic, key, value))
+                delivered.append(token)
+        return delivered, failed
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0  # the reports wait for the next poll, as NativeProducer's do
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+
+@pytest.fixture(params=["callbacks", "batches"])
+def new_producer(request: pytest.FixtureRequest) -> Callable[[], FakeProducer]:
+    """confluent-kafka's API (a callback per record) or NativeProducer's (reports in batches)."""
+    return FakeProducer if request.param == "callbacks" else FakeBatchProducer
+
+
 @pytest.fixture(params=["memory", "redis"])
 def state_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -214,8 +258,10 @@ def action(eid: str, user: str, t: int, **kw: Any) -> bytes:
     return encode_json(make_reward_event(eid, user, t, **kw))
 
 
-def test_end_to_end_with_invalid_records_and_a_failed_produce(harness: Harness) -> None:
-    consumer, producer = FakeConsumer(), FakeProducer()
+def test_end_to_end_with_invalid_records_and_a_failed_produce(
+    harness: Harness, new_producer: Callable[[], FakeProducer]
+) -> None:
+    consumer, producer = FakeConsumer(), new_producer()
     ctl, m = harness.controller(consumer, producer)
     ctl.subscribe()
     consumer.feed(R, 0, action("e1", "u1", T0, dwell_seconds=30, reward=1.0))
@@ -260,8 +306,34 @@ def test_end_to_end_with_invalid_records_and_a_failed_produce(harness: Harness) 
     assert consumer.closed and len(producer.sessions()) == 2  # no duplicate on shutdown
 
 
-def test_shutdown_keeps_open_sessions_open_and_a_restart_continues_them(harness: Harness) -> None:
-    consumer, producer = FakeConsumer(partitions=1), FakeProducer()
+def test_records_a_full_producer_queue_refused_are_produced_after_the_next_landing(
+    harness: Harness,
+) -> None:
+    """NativeProducer's queue takes part of a batch: the rest stay in the outbox, not in flight, and
+    the next landing produces them -- each session exactly once, and the outbox empties."""
+    consumer, producer = FakeConsumer(partitions=1), FakeBatchProducer()
+    ctl, m = harness.controller(consumer, producer)
+    ctl.subscribe()
+    for i in range(5):
+        consumer.feed(R, 0, action(f"e{i}", f"u{i}", T0 + i))
+    ctl.run_once()
+    consumer.feed(R, 0, action("tick", "tick", T0 + GAP_MS + 10))
+    producer.take_next = 2
+    ctl.run_once()  # 5 sessions close; the queue takes 2
+    assert len(producer.sessions()) == 2 and producer.attempts == 2
+    assert len(ctl.shards[0].outbox) == 3 and not ctl.shards[0].in_flight
+    producer.take_next = None
+    ctl.run_once()
+    ctl.run_once()
+    assert sorted(s["user_id"] for s in producer.sessions()) == [f"u{i}" for i in range(5)]
+    assert producer.attempts == 5 and not ctl.shards[0].outbox and not ctl._tokens
+    assert metric(m, "rewardloop_outer_session_produce_errors_total") == 0
+
+
+def test_shutdown_keeps_open_sessions_open_and_a_restart_continues_them(
+    harness: Harness, new_producer: Callable[[], FakeProducer]
+) -> None:
+    consumer, producer = FakeConsumer(partitions=1), new_producer()
     ctl, _ = harness.controller(consumer, producer)
     consumer.feed(R, 0, action("e1", "u1", T0))
     consumer.feed(R, 0, action("e2", "u1", T0 + 1000))
@@ -274,7 +346,7 @@ def test_shutdown_keeps_open_sessions_open_and_a_restart_continues_them(harness:
     assert consumer.commits and all(c[(R, 0)] == 2 for c in consumer.commits)
 
     # a new process (the same state store): the session continues where it stopped
-    consumer2, producer2 = FakeConsumer(partitions=1), FakeProducer()
+    consumer2, producer2 = FakeConsumer(partitions=1), new_producer()
     consumer2.log = consumer.log
     ctl2, m2 = harness.controller(consumer2, producer2)
     ctl2.subscribe()
@@ -287,8 +359,10 @@ def test_shutdown_keeps_open_sessions_open_and_a_restart_continues_them(harness:
     assert metric(m2, "rewardloop_outer_events_consumed_total", {"topic": R}) == 2
 
 
-def test_revoke_checkpoints_and_drops_the_shard_and_a_reassignment_restores_it(harness: Harness) -> None:
-    consumer, producer = FakeConsumer(partitions=2), FakeProducer()
+def test_revoke_checkpoints_and_drops_the_shard_and_a_reassignment_restores_it(
+    harness: Harness, new_producer: Callable[[], FakeProducer]
+) -> None:
+    consumer, producer = FakeConsumer(partitions=2), new_producer()
     # checkpoints only when asked (after the first loop): the revoke itself must make the state durable
     ctl, m = harness.controller(consumer, producer, outer_checkpoint_interval_ms=3_600_000)
     ctl.subscribe()
@@ -330,10 +404,12 @@ def test_the_memory_store_reads_kpi_priorities_from_redis(rds: redis.Redis) -> N
     assert MemoryStateStore(kv={"k": b"v"}).get("k") == b"v"
 
 
-def test_amendments_carry_revision_0s_tuner_field(harness: Harness) -> None:
+def test_amendments_carry_revision_0s_tuner_field(
+    harness: Harness, new_producer: Callable[[], FakeProducer]
+) -> None:
     """Every revision is the complete session: a delayed KPI's amendment (revision 1) carries the
     same ``tuner`` behaviour as revision 0, also after a restart from the stored state."""
-    consumer, producer = FakeConsumer(partitions=1), FakeProducer()
+    consumer, producer = FakeConsumer(partitions=1), new_producer()
     ctl, _ = harness.controller(consumer, producer)
     ctl.subscribe()
     consumer.feed(R, 0, action("e1", "u1", T0))
@@ -355,10 +431,12 @@ def test_amendments_carry_revision_0s_tuner_field(harness: Harness) -> None:
     assert revs[0]["tuner"] is not None and revs[1]["tuner"] == revs[0]["tuner"]
 
 
-def test_an_amendment_in_the_same_pass_as_revision_0_gets_its_tuner_and_baseline(harness: Harness) -> None:
+def test_an_amendment_in_the_same_pass_as_revision_0_gets_its_tuner_and_baseline(
+    harness: Harness, new_producer: Callable[[], FakeProducer]
+) -> None:
     """One batch closes u1 (a far-future action) and then brings its delayed purchase: revision 0 and
     revision 1 come out of the same close pass and must agree on ``tuner`` and ``baseline``."""
-    consumer, producer = FakeConsumer(partitions=1), FakeProducer()
+    consumer, producer = FakeConsumer(partitions=1), new_producer()
     ctl, _ = harness.controller(consumer, producer)
     ctl.subscribe()
     far = T0 + 2000 + 2 * GAP_MS + 300_000 + 1  # past the KPI's decision point: attributed at once

@@ -1,7 +1,8 @@
 """Against a real Kafka + Redis (started by the ``kafka_stack`` fixture): the durable controller,
 run as ``rewardloop-outer`` processes, survives ``kill -9`` mid-stream and scales out to two members
 of one consumer group (with rebalances mid-stream), producing exactly the sessions of one
-uninterrupted process."""
+uninterrupted process (which produces with confluent-kafka, the others with the default
+``NativeProducer``)."""
 
 from __future__ import annotations
 
@@ -208,7 +209,11 @@ def world(kafka_stack: KafkaStack, tmp_path_factory: pytest.TempPathFactory) -> 
     # a shard merges its two partitions by record timestamp, so all of them apply the same order
     produce(kafka_stack, items)
     produce_ticks(kafka_stack, topics)
-    ref = Controller(kafka_stack, topics, "ref", f"ref-{run}", log_dir).start()
+    ref = Controller(kafka_stack, topics, "ref", f"ref-{run}", log_dir)
+    # the reference produces with confluent-kafka, the runs compared with it with the default
+    # NativeProducer (librdkafka from Rust): the two producers are compared on the same stream too
+    ref.env["OUTER_NATIVE_PRODUCER"] = "false"
+    ref.start()
     try:
         wait_done(kafka_stack, topics, f"ref-{run}")
     finally:

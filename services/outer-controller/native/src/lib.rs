@@ -15,6 +15,7 @@ pub mod event;
 pub mod ingest;
 pub mod json;
 pub mod outbox;
+pub mod producer;
 pub mod record;
 pub mod tuner_step;
 pub mod uncovered;
@@ -76,6 +77,7 @@ fn parse_action_fields<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Option<Boun
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<closed::Closed>()?;
     m.add_class::<window::NativeWindow>()?;
+    m.add_class::<producer::NativeProducer>()?;
     m.add_function(wrap_pyfunction!(emit::close_records, m)?)?;
     m.add_function(wrap_pyfunction!(ingest::group_messages, m)?)?;
     m.add_function(wrap_pyfunction!(ingest::ingest_actions, m)?)?;

@@ -28,6 +28,10 @@ environment variables:
   OUTER_ALLOWED_LATENESS_SECONDS    late actions routed to their closed session (default 300)
   OUTER_ATTRIBUTION_WINDOW_SECONDS  delayed KPIs credited to a closed session (default 604800)
   OUTER_LATE_TOPIC              late/unattributed events (default recsys.sessions.late)
+  OUTER_NATIVE / OUTER_NATIVE_PRODUCER   the per-event path in the Rust core / its librdkafka producer
+                                for the outbox (both default true; false: the Python reference /
+                                confluent-kafka's producer)
+  OUTER_COMPRESS_RETAINED       closed sessions' actions LZ4-compressed in memory (default true)
   OUTER_CHECKPOINT_INTERVAL_MS  state checkpoint cadence (default 100)
   OUTER_CHECKPOINT_PIPELINE     while behind (3 full batches in a row), write the checkpoint on
                                 a thread of its own as the loop goes on (default true; false: inline)
@@ -70,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from prometheus_client import start_http_server
 
-    from rewardloop_common.kafka import make_consumer, make_producer
+    from rewardloop_common.kafka import make_consumer, make_producer, producer_config
     from rewardloop_common.logging import configure_logging, get_logger
     from rewardloop_common.weights_store import WeightsStore
 
@@ -105,7 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         client_id="rewardloop-outer",
         **overrides,
     )
-    producer = make_producer(settings.kafka_bootstrap_servers, client_id="rewardloop-outer")
+    producer: Any
+    if settings.outer_native_producer:
+        from rewardloop_outer_native import NativeProducer
+
+        producer = NativeProducer(producer_config(settings.kafka_bootstrap_servers, "rewardloop-outer"))
+    else:
+        producer = make_producer(settings.kafka_bootstrap_servers, client_id="rewardloop-outer")
     store = WeightsStore.from_url(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
     state: StateStore
     if settings.outer_state_store == "memory":

@@ -217,6 +217,12 @@ class DurableController:
         self.s = settings
         self.consumer = consumer
         self.producer = producer
+        # a producer with ``batch_reports`` (rewardloop_outer_native.NativeProducer) takes records and
+        # gives delivery reports a batch at a time (tokens -> the outbox record each stands for);
+        # anything else has confluent-kafka's API (a callback per record, run inside poll/flush)
+        self._native_producer = bool(getattr(producer, "batch_reports", False))
+        self._tokens: dict[int, tuple[Shard, str]] = {}
+        self._next_token = 0
         self.state = state
         self.tuner = tuner
         self.metrics = metrics or OuterMetrics()
@@ -340,7 +346,7 @@ class DurableController:
         if t0 - self._last_lag >= LAG_EXPORT_INTERVAL_S:
             self._export_lag()
             self._last_lag = t0
-        self.producer.poll(0)
+        self._poll_producer(0)
         if (time.monotonic() - self._last_checkpoint) * 1000 >= self.s.outer_checkpoint_interval_ms:
             # behind (PIPELINE_AFTER_FULL_BATCHES full batches in a row): write on the writer thread
             # while the loop goes on -- more records/s (from a 10^6-event backlog 97-103k -> 98-124k);
@@ -975,9 +981,13 @@ class DurableController:
         now), feed the tuner the records they made durable."""
         landed, self._landed_pws = self._landed_pws, []
         for shard in list(self.shards.values()):
-            for rid in [r for r in shard.outbox if r not in shard.in_flight and r not in shard.outbox_new]:
-                self._produce(shard, rid)
-        self.producer.poll(0)
+            rids = [r for r in shard.outbox if r not in shard.in_flight and r not in shard.outbox_new]
+            if self._native_producer:
+                self._produce_native(shard, rids)
+            else:
+                for rid in rids:
+                    self._produce(shard, rid)
+        self._poll_producer(0)
         if landed:
             self._commit_offsets(landed[-1].offsets)
         self._feed_tuner([rec for pw in landed for rec in pw.tuner])
@@ -986,6 +996,8 @@ class DurableController:
         """Checkpoint, produce the outbox, wait for the acknowledgements, checkpoint their removal."""
         self.checkpoint_and_produce()
         remaining = self.producer.flush(timeout_s)
+        if self._native_producer:
+            self._poll_producer(0)  # its reports are collected by a poll
         if remaining:
             log.warning("producer flush timed out", remaining=remaining)
         self.checkpoint()
@@ -1002,18 +1014,57 @@ class DurableController:
             log.warning("record not produced; will retry", id=rid, error=str(exc))
             self.producer.poll(0.05)
 
+    def _produce_native(self, shard: Shard, rids: list[str]) -> None:
+        """:meth:`_produce` of ``rids`` through a ``NativeProducer``: one call, each record with a token
+        its delivery report comes back with (:meth:`_poll_producer`)."""
+        if not rids:
+            return
+        outbox, tokens, t0 = shard.outbox, self._tokens, self._next_token
+        batch = []
+        for i, rid in enumerate(rids):
+            tokens[t0 + i] = (shard, rid)
+            batch.append((*outbox[rid], t0 + i))
+        self._next_token = t0 + len(rids)
+        taken, refused = self.producer.produce(batch)
+        shard.in_flight.update(rids[:taken])
+        if refused is not None:  # the rest stays in the outbox, not in flight: produced after a landing
+            for i in range(taken, len(rids)):
+                del tokens[t0 + i]
+            log.warning("records not produced; will retry", records=len(rids) - taken, error=refused)
+            self._poll_producer(0.05)
+
+    def _poll_producer(self, timeout_s: float) -> None:
+        """Serve the producer's delivery reports (confluent-kafka: its callbacks run inside ``poll``)."""
+        if not self._native_producer:
+            self.producer.poll(timeout_s)
+            return
+        delivered, failed = self.producer.poll(timeout_s)
+        if not delivered and not failed:
+            return
+        tokens = self._tokens
+        with self._lock:
+            for t in delivered:
+                self._settle_delivery(*tokens.pop(t), None)
+            for t, err in failed:
+                self._settle_delivery(*tokens.pop(t), err)
+
     def _delivered(self, shard: Shard, rid: str, err: Any, _msg: Any) -> None:
         """The producer's delivery report for outbox record ``rid`` (inside poll()/flush())."""
         with self._lock:
-            shard.in_flight.discard(rid)
-            if err is not None:
-                self.metrics.session_produce_errors.inc()
-                log.warning("record not delivered; will retry", id=rid, error=str(err))
-            elif rid in shard.outbox and rid not in shard.outbox_new:
-                del shard.outbox[rid]
-                batch = shard.rid_batch.pop(rid, None)
-                if batch is not None:
-                    _forget(shard, batch, rid)
+            self._settle_delivery(shard, rid, err)
+
+    def _settle_delivery(self, shard: Shard, rid: str, err: Any) -> None:
+        """Outbox record ``rid`` acknowledged (``err`` None: it leaves the outbox) or not (produced again
+        after the next landing)."""
+        shard.in_flight.discard(rid)
+        if err is not None:
+            self.metrics.session_produce_errors.inc()
+            log.warning("record not delivered; will retry", id=rid, error=str(err))
+        elif rid in shard.outbox and rid not in shard.outbox_new:
+            del shard.outbox[rid]
+            batch = shard.rid_batch.pop(rid, None)
+            if batch is not None:
+                _forget(shard, batch, rid)
 
     def _commit_offsets(self, offsets: list[tuple[Shard, str, int]]) -> None:
         # a shard given up (revoked, fenced) since the write was taken is not ours to commit

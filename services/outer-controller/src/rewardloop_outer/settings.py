@@ -61,6 +61,9 @@ class OuterSettings(CommonSettings):
     #: the per-event path (parse, session window, state lines, records) in the Rust extension
     #: rewardloop_outer_native; false = the Python reference implementation (same bytes, ~4x slower)
     outer_native: bool = True
+    #: outbox records produced by rewardloop_outer_native.NativeProducer (librdkafka from Rust, delivery
+    #: reports handed over a batch at a time); false = confluent-kafka's Producer (a callback per record)
+    outer_native_producer: bool = True
 
     # --- reward blend and credit ---
     outer_kappa_initial: float = Field(default=0.2, ge=0.0, le=1.0)
