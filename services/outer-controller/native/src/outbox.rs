@@ -15,7 +15,12 @@ pub fn outbox_batch<'py>(
     py: Python<'py>,
     entries: &Bound<'py, PyList>,
 ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-    let mut out = Vec::new();
+    // the headers first, then the batch written once into the bytes object: the values (the session
+    // records, ~all of the batch) are copied once, where a growing Vec and a copy into `bytes` moved
+    // them two to three times (~5 % of the loop thread at 10^5 events/s, py-spy)
+    let mut heads = Vec::new();
+    let mut parts = Vec::with_capacity(entries.len());
+    let mut total = 0;
     for (i, entry) in entries.iter().enumerate() {
         let entry = entry.cast_into::<PyTuple>()?;
         let rid = entry.get_item(0)?;
@@ -30,21 +35,35 @@ pub fn outbox_batch<'py>(
         let Ok(key) = std::str::from_utf8(key.cast::<PyBytes>()?.as_bytes()) else {
             return Ok(None);
         };
-        let value = value.cast::<PyBytes>()?;
-        let value = value.as_bytes();
+        let value = value.cast_into::<PyBytes>()?;
+        let start = heads.len();
         if i > 0 {
-            out.push(b'\n');
+            heads.push(b'\n');
         }
-        out.extend_from_slice(b"{\"r\":");
-        json::write_str(&mut out, rid);
-        out.extend_from_slice(b",\"t\":");
-        json::write_str(&mut out, topic);
-        out.extend_from_slice(b",\"k\":");
-        json::write_str(&mut out, key);
-        out.extend_from_slice(b",\"n\":");
-        json::write_i64(&mut out, value.len() as i64);
-        out.extend_from_slice(b"}\n");
-        out.extend_from_slice(value);
+        heads.extend_from_slice(b"{\"r\":");
+        json::write_str(&mut heads, rid);
+        heads.extend_from_slice(b",\"t\":");
+        json::write_str(&mut heads, topic);
+        heads.extend_from_slice(b",\"k\":");
+        json::write_str(&mut heads, key);
+        heads.extend_from_slice(b",\"n\":");
+        json::write_i64(&mut heads, value.as_bytes().len() as i64);
+        heads.extend_from_slice(b"}\n");
+        total += heads.len() - start + value.as_bytes().len();
+        parts.push((heads.len(), value));
     }
-    Ok(Some(PyBytes::new(py, &out)))
+    let out = PyBytes::new_with(py, total, |buf| {
+        let (mut at, mut head_from) = (0, 0);
+        for (head_to, value) in &parts {
+            let head = &heads[head_from..*head_to];
+            buf[at..at + head.len()].copy_from_slice(head);
+            at += head.len();
+            let v = value.as_bytes();
+            buf[at..at + v.len()].copy_from_slice(v);
+            at += v.len();
+            head_from = *head_to;
+        }
+        Ok(())
+    })?;
+    Ok(Some(out))
 }
