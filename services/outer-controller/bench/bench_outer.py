@@ -18,6 +18,10 @@ ports), then, with one in-process :class:`DurableController` (event clock, Redis
    cores: CPU seconds / wall seconds) -- the broker, the producer and the controller share this
    machine's cores, and the lag is only the controller's while they are not all busy.
 
+``--compare OUTER_X=value`` runs every lag phase in a second arm with that setting too, ``--repeat N``
+times per rate, the arms alternated A B, B A, ... in one process, and adds a per-rate summary with each
+arm's median P99 and loop-thread CPU per event (the A/Bs before it were alternated ``/tmp`` scripts).
+
 ``--impl native`` (default) runs the Rust per-event core (``OUTER_NATIVE=true``), ``--impl python`` the
 Python reference implementation: run both, alternated, to compare them on the same machine state.
 
@@ -32,9 +36,12 @@ import multiprocessing
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +369,43 @@ def throughput_phase(
     }
 
 
+@contextmanager
+def settings_env(overrides: dict[str, str]) -> Iterator[None]:
+    """``overrides`` (``OUTER_*`` variables) in the environment while a phase's controller is built
+    (OuterSettings reads it) and runs."""
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def summary(lags: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per rate and arm: the phases' lag P99s and loop-thread CPU per event, and their medians."""
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for ph in lags:
+        arm = ",".join(f"{k}={v}" for k, v in ph["arm"].items()) or "defaults"
+        groups.setdefault((ph["rate_per_s"], arm), []).append(ph)
+    return [
+        {
+            "rate_per_s": rate,
+            "arm": arm,
+            "p99": [ph["p99"] for ph in phs],
+            "median_p99": statistics.median(ph["p99"] for ph in phs if ph["p99"] is not None),
+            "cpu_us_per_event": [ph["controller_main_cpu_us_per_event"] for ph in phs],
+            "median_cpu_us_per_event": statistics.median(
+                ph["controller_main_cpu_us_per_event"] for ph in phs
+            ),
+        }
+        for (rate, arm), phs in groups.items()
+    ]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -400,8 +444,21 @@ def main() -> int:
         "shadow mode, 10 000 sessions before a push) or correlation; none: Kafka into session state "
         "alone (the figures before 2026-12-01 were measured so)",
     )
+    ap.add_argument(
+        "--compare",
+        type=lambda v: dict(kv.split("=", 1) for kv in v.split(",")),
+        default={},
+        metavar="VAR=VALUE[,VAR=VALUE]",
+        help="A/B in one run: every lag phase also runs with these OUTER_* settings (e.g. "
+        "OUTER_NATIVE_PRODUCER=false), the arms alternated A B, B A, ... per rate; the JSON then has a "
+        "per-rate summary (medians of P99 and of the loop thread's CPU per event) for each arm",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="lag phases per rate (and arm), alternated (default 1)"
+    )
     ap.add_argument("--keep-stack", action="store_true")
     a = ap.parse_args()
+    arms: list[dict[str, str]] = [{}, a.compare] if a.compare else [{}]
     native = a.impl == "native"
     env = {**os.environ, **ENV}
     subprocess.run(["bash", str(REPO / "deploy/local/stop.sh")], env=env, check=False, capture_output=True)
@@ -419,7 +476,15 @@ def main() -> int:
     try:
         run = uuid.uuid4().hex[:6]
         t_topic, kpi = f"bench.{run}.tput", f"bench.{run}.kpi"
-        lag_topics = [f"bench.{run}.lag{i}" for i in range(len(a.rate))]
+        # per rate: A B, B A, A B, ... -- neither arm always runs first (later phases of one process
+        # can run slower: the earlier controllers' state is not all freed)
+        phases = [
+            (rate, arm, f"bench.{run}.lag{i}.{k}.{r}")
+            for i, rate in enumerate(a.rate)
+            for r in range(a.repeat)
+            for k, arm in (reversed(list(enumerate(arms))) if r % 2 else enumerate(arms))
+        ]
+        lag_topics = [topic for _, _, topic in phases]
         warm_topic = f"bench.{run}.warmup"
         create_topics(bootstrap, [t_topic, kpi, warm_topic, *lag_topics], partitions=3, wait_s=30)
         warm = (
@@ -429,23 +494,21 @@ def main() -> int:
         )
         # 1. throughput from a backlog (skipped with --events 0: the lag phases alone)
         tput = throughput_phase(bootstrap, redis_url, t_topic, kpi, native, a) if a.events else None
-        # 2. lag at steady rates (a topic each)
-        lags = [
-            lag_phase(bootstrap, redis_url, f"bench.{run}.lag{i}", kpi, native, rate, a)
-            for i, rate in enumerate(a.rate)
-        ]
-        print(
-            json.dumps(
-                {
-                    "impl": a.impl,
-                    "tuner": a.tuner,
-                    "warmup": warm,
-                    "throughput": tput,
-                    "lag_ms": lags,
-                },
-                indent=1,
-            )
-        )
+        # 2. lag at steady rates (a topic each); with --compare / --repeat the arms alternate
+        lags = []
+        for rate, arm, topic in phases:
+            with settings_env(arm):
+                lags.append({**lag_phase(bootstrap, redis_url, topic, kpi, native, rate, a), "arm": arm})
+        out: dict[str, Any] = {
+            "impl": a.impl,
+            "tuner": a.tuner,
+            "warmup": warm,
+            "throughput": tput,
+            "lag_ms": lags,
+        }
+        if len(arms) > 1 or a.repeat > 1:
+            out["summary"] = summary(lags)
+        print(json.dumps(out, indent=1))
         return 0
     finally:
         if not a.keep_stack:
