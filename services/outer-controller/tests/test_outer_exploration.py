@@ -30,6 +30,7 @@ from rewardloop_outer.metrics import OuterMetrics
 from rewardloop_outer.tuner import (
     MAX_IW,
     MAX_KEPT_DECISIONS,
+    UNSET_KAPPA,
     Policy,
     WeightTuner,
     action_weights,
@@ -420,7 +421,7 @@ def test_the_native_learning_step_leaves_what_it_cannot_read_to_the_reference() 
     for bad, error in (([0, -1, 0], ValueError), ([0, 10, 0], IndexError), ([1, 2], ValueError)):
         batch = _random_batch(rng, 50, 10, explored=0.5)
         batch[3] = batch[3]._replace(tuner=SessionTuner(action=bad, propensity=0.01))
-        assert drlput_step(batch, [1, 1, 1], old.theta.tobytes(), 0.5) is None
+        assert drlput_step(batch, [1, 1, 1], old.theta.tobytes(), 0.5, MAX_IW, UNSET_KAPPA) is None
         with pytest.raises(error):
             learning_step_py(batch, [1, 1, 1], old, 0.5)
         with pytest.raises(error):

@@ -12,8 +12,6 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
-/// `tuner.MAX_IW`: the importance-weight cap.
-const MAX_IW: f64 = 10.0;
 const COL_KAPPA: usize = 0;
 const COL_VALUE: usize = 1;
 const COL_CLICK: usize = 2;
@@ -82,7 +80,7 @@ fn probs_of(probs: &[f64], levels: usize, actions: &[Vec<usize>]) -> Vec<f64> {
 /// The step of a batch table with `groups` action columns; `None` when the input is not one this
 /// function handles alike (an action level that is not an integer in `0..levels`, a value that is not
 /// finite, a malformed buffer).
-pub fn step(table: &[f64], theta: &[f64], groups: usize, lr: f64) -> Option<Step> {
+pub fn step(table: &[f64], theta: &[f64], groups: usize, lr: f64, max_iw: f64) -> Option<Step> {
     let cols = COL_ACTION + groups + 1;
     if groups == 0
         || table.is_empty()
@@ -128,7 +126,7 @@ pub fn step(table: &[f64], theta: &[f64], groups: usize, lr: f64) -> Option<Step
     let iw: Vec<f64> = probs_of(&probs, levels, &actions)
         .iter()
         .zip(&mus)
-        .map(|(p, mu)| MAX_IW.min(p / mu))
+        .map(|(p, mu)| max_iw.min(p / mu))
         .collect();
     let total: f64 = iw.iter().sum();
     let mut grad = vec![0.0; theta.len()];
@@ -166,7 +164,7 @@ pub fn step(table: &[f64], theta: &[f64], groups: usize, lr: f64) -> Option<Step
     let w_new: Vec<f64> = probs_of(&new_probs, levels, &actions)
         .iter()
         .zip(&mus)
-        .map(|(p, mu)| MAX_IW.min(p / mu))
+        .map(|(p, mu)| max_iw.min(p / mu))
         .collect();
     let v_new = w_new.iter().zip(&rewards).map(|(w, r)| w * r).sum::<f64>()
         / 1e-12f64.max(w_new.iter().sum());
@@ -204,15 +202,16 @@ pub fn step(table: &[f64], theta: &[f64], groups: usize, lr: f64) -> Option<Step
 }
 
 /// `tuner._batch_table` of a list of `TunerSession` named tuples (`session_key, segment, tuner, kappa,
-/// business_reward, value, features`), with `centre` (one level per group) and propensity 1 for a
-/// session without a behaviour; `None` for anything else (the reference decides, and raises).
-fn batch_table(batch: &Bound<'_, PyList>, centre: &[f64]) -> Option<Vec<f64>> {
+/// business_reward, value, features`), with `unset_kappa` for a session without one, `centre` (one
+/// level per group) and propensity 1 for a session without a behaviour; `None` for anything else (the
+/// reference decides, and raises).
+fn batch_table(batch: &Bound<'_, PyList>, centre: &[f64], unset_kappa: f64) -> Option<Vec<f64>> {
     let mut table = Vec::with_capacity(batch.len() * (COL_ACTION + centre.len() + 1));
     for rec in batch.iter() {
         let rec = rec.cast_into::<PyTuple>().ok()?;
         let kappa = rec.get_item(3).ok()?;
         table.push(if kappa.is_none() {
-            0.2
+            unset_kappa
         } else {
             kappa.extract().ok()?
         });
@@ -249,9 +248,10 @@ fn batch_table(batch: &Bound<'_, PyList>, centre: &[f64]) -> Option<Vec<f64>> {
 
 type StepTuple<'py> = (Bound<'py, PyBytes>, f64, f64, f64, usize, f64, Vec<usize>);
 
-/// [`step`] for Python: `(batch of TunerSession, centre action, theta bytes, lr)` -> `(new theta bytes,
-/// kl, v_new, v_beh, distinct actions, normalised entropy, mode)`, or `None` (the Python reference
-/// decides). Reading the batch here rather than through numpy's `array` of a list of tuples: that was
+/// [`step`] for Python: `(batch of TunerSession, centre action, theta bytes, lr, tuner.MAX_IW,
+/// tuner.UNSET_KAPPA)` -> `(new theta bytes, kl, v_new, v_beh, distinct actions, normalised entropy,
+/// mode)`, or `None` (the Python reference decides). The two constants come from `tuner`, their one
+/// home. Reading the batch here rather than through numpy's `array` of a list of tuples: that was
 /// ~125 us of a 200-session step.
 #[pyfunction]
 pub fn drlput_step<'py>(
@@ -260,9 +260,11 @@ pub fn drlput_step<'py>(
     centre: Vec<f64>,
     theta: &[u8],
     lr: f64,
+    max_iw: f64,
+    unset_kappa: f64,
 ) -> Option<StepTuple<'py>> {
-    let table = batch_table(batch, &centre)?;
-    let s = step(&table, &f64s(theta)?, centre.len(), lr)?;
+    let table = batch_table(batch, &centre, unset_kappa)?;
+    let s = step(&table, &f64s(theta)?, centre.len(), lr, max_iw)?;
     let raw: Vec<u8> = s.theta.iter().flat_map(|t| t.to_ne_bytes()).collect();
     Some((
         PyBytes::new(py, &raw),
@@ -303,7 +305,7 @@ mod tests {
             };
             table.extend(row(0.5, v, [0.5, 1.0, 0.1], a, mu));
         }
-        let s = step(&table, &theta, 3, 0.5).expect("a valid table");
+        let s = step(&table, &theta, 3, 0.5, 10.0).expect("a valid table");
         assert_eq!(s.distinct, 2);
         for g in 0..3 {
             assert!(s.theta[g * levels + 2] > theta[g * levels + 2]);
@@ -320,8 +322,8 @@ mod tests {
         let theta = vec![0.0; 3 * 4];
         for bad in [-1.0, 4.0, 1.5, f64::NAN] {
             let table = row(0.2, 1.0, [0.0; 3], [0.0, bad, 0.0], 1.0);
-            assert_eq!(step(&table, &theta, 3, 0.5), None);
+            assert_eq!(step(&table, &theta, 3, 0.5, 10.0), None);
         }
-        assert_eq!(step(&[1.0; 5], &theta, 3, 0.5), None);
+        assert_eq!(step(&[1.0; 5], &theta, 3, 0.5, 10.0), None);
     }
 }

@@ -88,6 +88,8 @@ GROUPS: tuple[tuple[str, float, float], ...] = (
 SKIP_PER_QUALITY = -0.375
 MIN_ENTROPY = 0.05
 MAX_IW = 10.0
+#: the kappa a session whose record has none is learned with (also read by the native step)
+UNSET_KAPPA = 0.2
 MAX_REMEMBERED_DOCS = 256  # published exploration documents kept for the propensity correction
 MAX_MEMO_BEHAVIOURS = 4096  # memoised behaviours (a few distinct ones per document in practice)
 #: decisions that change nothing: a repeat of the last logged one is logged at most this often
@@ -159,7 +161,7 @@ def _batch_table(batch: Sequence[TunerSession], centre: Sequence[int]) -> np.nda
     return np.array(
         [
             (
-                0.2 if r.kappa is None else r.kappa,
+                UNSET_KAPPA if r.kappa is None else r.kappa,
                 r.value,
                 r.features.click,
                 r.features.dwell,
@@ -289,7 +291,7 @@ def learning_step(
     at 10^5 events/s, where building the batch's array and the ~40 numpy operations of a step were
     ~1.5 us per closed session, about twice that inside the running controller); the Python reference
     for what the native step declines (e.g. an action level off the grid)."""
-    out = drlput_step(batch, centre, old.theta.tobytes(), lr)
+    out = drlput_step(batch, centre, old.theta.tobytes(), lr, MAX_IW, UNSET_KAPPA)
     if out is None:
         return learning_step_py(batch, centre, old, lr)
     theta, kl_val, v_new, v_beh, distinct, entropy, mode = out
