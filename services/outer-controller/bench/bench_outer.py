@@ -370,6 +370,33 @@ def throughput_phase(
 
 
 @contextmanager
+def bench_stack(components: str = "redis kafka", keep: bool = False) -> Iterator[None]:
+    """The benches' Kafka and/or Redis (``components``), started by deploy/local/start.sh with
+    ``ENV``'s RUN_DIR and ports on a fresh slate, and stopped afterwards unless ``keep``; raises when
+    they do not start."""
+    env = {**os.environ, **ENV, "STACK_COMPONENTS": components}
+    stop = ["bash", str(REPO / "deploy/local/stop.sh")]
+    subprocess.run(stop, env=env, check=False, capture_output=True)
+    # a fresh broker and Redis every run: state left by earlier runs (GBs of topics, an append-only file
+    # Redis reloads at start) made runs slower one after the other
+    for name, sub in (("redis", "redis"), ("kafka", "kafka-data")):
+        if name in components.split():
+            shutil.rmtree(Path(ENV["RUN_DIR"]) / sub, ignore_errors=True)
+    started = subprocess.run(
+        ["bash", str(REPO / "deploy/local/start.sh")], env=env, capture_output=True, text=True
+    )
+    if started.returncode != 0:
+        raise RuntimeError(
+            f"the bench stack did not start:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}"
+        )
+    try:
+        yield
+    finally:
+        if not keep:
+            subprocess.run(stop, env=env, check=False, capture_output=True)
+
+
+@contextmanager
 def settings_env(overrides: dict[str, str]) -> Iterator[None]:
     """``overrides`` (``OUTER_*`` variables) in the environment while a phase's controller is built
     (OuterSettings reads it) and runs."""
@@ -460,20 +487,8 @@ def main() -> int:
     a = ap.parse_args()
     arms: list[dict[str, str]] = [{}, a.compare] if a.compare else [{}]
     native = a.impl == "native"
-    env = {**os.environ, **ENV}
-    subprocess.run(["bash", str(REPO / "deploy/local/stop.sh")], env=env, check=False, capture_output=True)
-    # a fresh broker and Redis every run: state left by earlier runs (GBs of topics, an append-only file
-    # Redis reloads at start) made runs slower one after the other
-    for sub in ("redis", "kafka-data"):
-        shutil.rmtree(Path(ENV["RUN_DIR"]) / sub, ignore_errors=True)
-    started = subprocess.run(
-        ["bash", str(REPO / "deploy/local/start.sh")], env=env, capture_output=True, text=True
-    )
-    if started.returncode != 0:
-        print(started.stdout[-2000:], started.stderr[-2000:])
-        return 1
     bootstrap, redis_url = f"127.0.0.1:{ENV['KAFKA_PORT']}", f"redis://127.0.0.1:{ENV['REDIS_PORT']}/0"
-    try:
+    with bench_stack(keep=a.keep_stack):
         run = uuid.uuid4().hex[:6]
         t_topic, kpi = f"bench.{run}.tput", f"bench.{run}.kpi"
         # per rate: A B, B A, A B, ... -- neither arm always runs first (later phases of one process
@@ -510,11 +525,6 @@ def main() -> int:
             out["summary"] = summary(lags)
         print(json.dumps(out, indent=1))
         return 0
-    finally:
-        if not a.keep_stack:
-            subprocess.run(
-                ["bash", str(REPO / "deploy/local/stop.sh")], env=env, check=False, capture_output=True
-            )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 with confluent-kafka's ``Producer`` (``OUTER_NATIVE_PRODUCER=false``) and with the native core's
 ``NativeProducer`` (the default), side by side against one real broker.
 
-Starts Kafka (deploy/local/start.sh, STACK_COMPONENTS="kafka", the outer bench's RUN_DIR and ports),
+Starts Kafka (``bench_outer.bench_stack``: deploy/local/start.sh, the outer bench's RUN_DIR and ports),
 then alternates the two producers ``--rounds`` times. A round produces ``--records`` session-record-
 sized values (``--value-bytes``, keys over 20 000 users) the way ``DurableController`` does: in batches
 of ``--batch`` records, as a landing releases them, each batch followed by a ``poll(0)``, and every
@@ -23,7 +23,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from functools import partial
@@ -37,7 +36,7 @@ from rewardloop_common.kafka import producer_config
 from rewardloop_outer_native import NativeProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_outer import ENV, REPO  # noqa: E402
+from bench_outer import ENV, bench_stack  # noqa: E402
 
 
 def values(n: int, size: int, seed: int = 3) -> list[tuple[bytes, bytes]]:
@@ -108,17 +107,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=1_000, help="records per produce batch (default 1000)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of each producer, alternated (default 3)")
     a = ap.parse_args()
-    env = {**os.environ, **ENV, "STACK_COMPONENTS": "kafka"}
-    stop = ["bash", str(REPO / "deploy/local/stop.sh")]
-    subprocess.run(stop, env=env, check=False, capture_output=True)
-    started = subprocess.run(
-        ["bash", str(REPO / "deploy/local/start.sh")], env=env, capture_output=True, text=True
-    )
-    if started.returncode != 0:
-        print(started.stdout[-2000:], started.stderr[-2000:])
-        return 1
     bootstrap = f"127.0.0.1:{ENV['KAFKA_PORT']}"
-    try:
+    with bench_stack("kafka"):
         topic = f"bench.producer.{os.getpid()}"
         create_topics(bootstrap, [topic], partitions=3, wait_s=30)
         recs = values(a.records, a.value_bytes)
@@ -163,8 +153,6 @@ def main() -> int:
             )
         )
         return 0
-    finally:
-        subprocess.run(stop, env=env, check=False, capture_output=True)
 
 
 if __name__ == "__main__":
