@@ -53,7 +53,13 @@ from rewardloop_common.admin import create_topics
 from rewardloop_common.kafka import encode_json
 from rewardloop_common.testing import make_reward_event
 from rewardloop_common.weights_store import WeightsStore
-from rewardloop_outer.engine import DurableController, automatic_gc_paused, make_tuner
+from rewardloop_outer.engine import (
+    DurableController,
+    automatic_gc_paused,
+    make_input_consumer,
+    make_outbox_producer,
+    make_tuner,
+)
 from rewardloop_outer.metrics import OuterMetrics
 from rewardloop_outer.settings import OuterSettings
 from rewardloop_outer.state_store import RedisStateStore
@@ -123,22 +129,19 @@ def controller(
         outer_native=native,
         outer_tuner="correlation" if tuner == "correlation" else "drlput",  # unused with "none"
     )
-    consumer = Consumer(
+    # OUTER_NATIVE_CONSUMER / OUTER_NATIVE_PRODUCER (default true) pick the clients, as the service does
+    consumer = make_input_consumer(
+        s,
         {
             **consumer_conf(bootstrap, group, s),
             "partition.assignment.strategy": "range",
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
-        }
+        },
     )
-    conf = {"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4"}
-    # OUTER_NATIVE_PRODUCER (default true) picks the producer, as the service does
-    if s.outer_native_producer:
-        from rewardloop_outer_native import NativeProducer
-
-        producer: Any = NativeProducer(conf)
-    else:
-        producer = Producer(conf)
+    producer = make_outbox_producer(
+        s, {"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4"}
+    )
     rds = redis.Redis.from_url(redis_url)
     metrics = OuterMetrics(CollectorRegistry())
     return DurableController(

@@ -17,6 +17,7 @@ from confluent_kafka import TopicPartition
 from outer_streams import final_sessions as _final
 from outer_streams import stream_items, tick_event
 from prometheus_client import CollectorRegistry
+from queueing_consumer import QueueingConsumer
 
 from rewardloop_common.events import SessionRecord
 from rewardloop_common.kafka import encode_json
@@ -178,14 +179,17 @@ def make(
     max_batch: int = 2000,
     consumer: FakeConsumer | None = None,
     state: Any = None,
+    queued: bool = False,
     **kw: Any,
 ) -> DurableController:
+    """``queued``: consume through the native consumer's API (:class:`QueueingConsumer`)."""
     s = settings(**kw)
+    c = consumer or FakeConsumer(log, skew=skew)
     m = OuterMetrics(registry=CollectorRegistry())
     store = WeightsStore(rds)
     return DurableController(
         s,
-        consumer or FakeConsumer(log),
+        QueueingConsumer(c) if queued else c,
         FakeProducer(log),
         state or RedisStateStore(rds, s.outer_consumer_group),
         make_tuner(s, store, m),
@@ -218,10 +222,12 @@ def run_to_end(ctl: DurableController, steps: int = 500) -> None:
     ctl.checkpoint_and_flush()
 
 
+@pytest.mark.parametrize("queued", [False, True], ids=["messages", "queues"])
 @pytest.mark.parametrize("pipeline", [False, True], ids=["inline-write", "pipelined-write"])
-def test_crash_and_replay_yield_the_same_sessions(rds: redis.Redis, pipeline: bool) -> None:
+def test_crash_and_replay_yield_the_same_sessions(rds: redis.Redis, pipeline: bool, queued: bool) -> None:
     # the write goes to the writer thread only while the loop is behind (a full batch): batches of 5
     kw: dict[str, Any] = {"outer_checkpoint_pipeline": True, "max_batch": 5} if pipeline else {}
+    kw["queued"] = queued
     ref_log = Log()
     stream(ref_log)
     ref = make(ref_log, rds, outer_consumer_group="ref", **kw)
@@ -450,8 +456,11 @@ def test_kpi_priorities_are_read_at_runtime(rds: redis.Redis) -> None:
     assert ctl.ctx.priorities["revenue"] == 3.0 and ctl.ctx.kappa_override == 0.7
 
 
+@pytest.mark.parametrize("queued", [False, True], ids=["messages", "queues"])
 @pytest.mark.parametrize("skew", [R, K])
-def test_sessions_do_not_depend_on_how_the_two_topics_interleave(rds: redis.Redis, skew: str) -> None:
+def test_sessions_do_not_depend_on_how_the_two_topics_interleave(
+    rds: redis.Redis, skew: str, queued: bool
+) -> None:
     ref_log = Log()
     stream(ref_log, users=60)
     ref = make(ref_log, rds, outer_consumer_group="ref")
@@ -459,7 +468,7 @@ def test_sessions_do_not_depend_on_how_the_two_topics_interleave(rds: redis.Redi
     run_to_end(ref, 800)
     log = Log()
     log.data = ref_log.data
-    ctl = make(log, rds, skew=skew, outer_consumer_group="skewed")
+    ctl = make(log, rds, skew=skew, outer_consumer_group="skewed", queued=queued)
     ctl.subscribe()
     run_to_end(ctl, 800)
     got, want = final_sessions(log), final_sessions(ref_log)

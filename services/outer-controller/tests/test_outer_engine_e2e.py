@@ -15,6 +15,7 @@ import pytest
 import redis
 from confluent_kafka import KafkaError, TopicPartition
 from prometheus_client import CollectorRegistry
+from queueing_consumer import QueueingConsumer
 
 from rewardloop_common.kafka import encode_json
 from rewardloop_common.testing import RedisServer, make_kpi_event, make_reward_event
@@ -202,6 +203,15 @@ def new_producer(request: pytest.FixtureRequest) -> Callable[[], FakeProducer]:
     return FakeProducer if request.param == "callbacks" else FakeBatchProducer
 
 
+@pytest.fixture(params=["messages", "queues"])
+def new_consumer(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """confluent-kafka's API (a Message per record, grouped by the engine) or NativeConsumer's (the
+    records put into the engine's RecordQueues, reward events parsed on the way in)."""
+    if request.param == "messages":
+        return FakeConsumer
+    return lambda **kw: QueueingConsumer(FakeConsumer(**kw))
+
+
 @pytest.fixture(params=["memory", "redis"])
 def state_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -259,9 +269,11 @@ def action(eid: str, user: str, t: int, **kw: Any) -> bytes:
 
 
 def test_end_to_end_with_invalid_records_and_a_failed_produce(
-    harness: Harness, new_producer: Callable[[], FakeProducer]
+    harness: Harness,
+    new_producer: Callable[[], FakeProducer],
+    new_consumer: Callable[..., Any],
 ) -> None:
-    consumer, producer = FakeConsumer(), new_producer()
+    consumer, producer = new_consumer(), new_producer()
     ctl, m = harness.controller(consumer, producer)
     ctl.subscribe()
     consumer.feed(R, 0, action("e1", "u1", T0, dwell_seconds=30, reward=1.0))
@@ -331,9 +343,11 @@ def test_records_a_full_producer_queue_refused_are_produced_after_the_next_landi
 
 
 def test_shutdown_keeps_open_sessions_open_and_a_restart_continues_them(
-    harness: Harness, new_producer: Callable[[], FakeProducer]
+    harness: Harness,
+    new_producer: Callable[[], FakeProducer],
+    new_consumer: Callable[..., Any],
 ) -> None:
-    consumer, producer = FakeConsumer(partitions=1), new_producer()
+    consumer, producer = new_consumer(partitions=1), new_producer()
     ctl, _ = harness.controller(consumer, producer)
     consumer.feed(R, 0, action("e1", "u1", T0))
     consumer.feed(R, 0, action("e2", "u1", T0 + 1000))
@@ -346,7 +360,7 @@ def test_shutdown_keeps_open_sessions_open_and_a_restart_continues_them(
     assert consumer.commits and all(c[(R, 0)] == 2 for c in consumer.commits)
 
     # a new process (the same state store): the session continues where it stopped
-    consumer2, producer2 = FakeConsumer(partitions=1), new_producer()
+    consumer2, producer2 = new_consumer(partitions=1), new_producer()
     consumer2.log = consumer.log
     ctl2, m2 = harness.controller(consumer2, producer2)
     ctl2.subscribe()
@@ -360,9 +374,11 @@ def test_shutdown_keeps_open_sessions_open_and_a_restart_continues_them(
 
 
 def test_revoke_checkpoints_and_drops_the_shard_and_a_reassignment_restores_it(
-    harness: Harness, new_producer: Callable[[], FakeProducer]
+    harness: Harness,
+    new_producer: Callable[[], FakeProducer],
+    new_consumer: Callable[..., Any],
 ) -> None:
-    consumer, producer = FakeConsumer(partitions=2), new_producer()
+    consumer, producer = new_consumer(partitions=2), new_producer()
     # checkpoints only when asked (after the first loop): the revoke itself must make the state durable
     ctl, m = harness.controller(consumer, producer, outer_checkpoint_interval_ms=3_600_000)
     ctl.subscribe()
@@ -405,11 +421,13 @@ def test_the_memory_store_reads_kpi_priorities_from_redis(rds: redis.Redis) -> N
 
 
 def test_amendments_carry_revision_0s_tuner_field(
-    harness: Harness, new_producer: Callable[[], FakeProducer]
+    harness: Harness,
+    new_producer: Callable[[], FakeProducer],
+    new_consumer: Callable[..., Any],
 ) -> None:
     """Every revision is the complete session: a delayed KPI's amendment (revision 1) carries the
     same ``tuner`` behaviour as revision 0, also after a restart from the stored state."""
-    consumer, producer = FakeConsumer(partitions=1), new_producer()
+    consumer, producer = new_consumer(partitions=1), new_producer()
     ctl, _ = harness.controller(consumer, producer)
     ctl.subscribe()
     consumer.feed(R, 0, action("e1", "u1", T0))
@@ -417,7 +435,7 @@ def test_amendments_carry_revision_0s_tuner_field(
     ctl.run_once()
     ctl.checkpoint_and_flush()
     # a new owner (the state store is all it has), then the delayed purchase amends u1's session
-    consumer2, producer2 = FakeConsumer(partitions=1), producer
+    consumer2, producer2 = new_consumer(partitions=1), producer
     consumer2.log = consumer.log
     ctl2, _ = harness.controller(consumer2, producer2)
     ctl2.subscribe()
@@ -432,11 +450,13 @@ def test_amendments_carry_revision_0s_tuner_field(
 
 
 def test_an_amendment_in_the_same_pass_as_revision_0_gets_its_tuner_and_baseline(
-    harness: Harness, new_producer: Callable[[], FakeProducer]
+    harness: Harness,
+    new_producer: Callable[[], FakeProducer],
+    new_consumer: Callable[..., Any],
 ) -> None:
     """One batch closes u1 (a far-future action) and then brings its delayed purchase: revision 0 and
     revision 1 come out of the same close pass and must agree on ``tuner`` and ``baseline``."""
-    consumer, producer = FakeConsumer(partitions=1), new_producer()
+    consumer, producer = new_consumer(partitions=1), new_producer()
     ctl, _ = harness.controller(consumer, producer)
     ctl.subscribe()
     far = T0 + 2000 + 2 * GAP_MS + 300_000 + 1  # past the KPI's decision point: attributed at once

@@ -210,9 +210,11 @@ def world(kafka_stack: KafkaStack, tmp_path_factory: pytest.TempPathFactory) -> 
     produce(kafka_stack, items)
     produce_ticks(kafka_stack, topics)
     ref = Controller(kafka_stack, topics, "ref", f"ref-{run}", log_dir)
-    # the reference produces with confluent-kafka, the runs compared with it with the default
-    # NativeProducer (librdkafka from Rust): the two producers are compared on the same stream too
+    # the reference consumes and produces with confluent-kafka, the runs compared with it with the
+    # default NativeConsumer and NativeProducer (librdkafka from Rust): the two clients of each kind are
+    # compared on the same stream too (rebalances, kill -9 and restarts included)
     ref.env["OUTER_NATIVE_PRODUCER"] = "false"
+    ref.env["OUTER_NATIVE_CONSUMER"] = "false"
     ref.start()
     try:
         wait_done(kafka_stack, topics, f"ref-{run}")

@@ -15,6 +15,7 @@ import pytest
 import redis
 from outer_streams import TIMING_FIELDS, stream_items
 from prometheus_client import CollectorRegistry, generate_latest
+from queueing_consumer import QueueingConsumer
 from test_outer_credit_blend import _artefact
 from test_outer_engine import GAP_S, FakeConsumer, FakeProducer, K, Log, R, flush_ticks, settings
 
@@ -47,6 +48,7 @@ def make(
     group: str,
     tuner: bool = True,
     compression: str = "lz4",
+    queued: bool = False,
     **kw: Any,
 ) -> DurableController:
     s = settings(outer_consumer_group=group, outer_native=native, **kw)
@@ -58,7 +60,7 @@ def make(
         weights = make_tuner(s, WeightsStore(client), m)
     return DurableController(
         s,
-        FakeConsumer(log),
+        QueueingConsumer(FakeConsumer(log)) if queued else FakeConsumer(log),
         FakeProducer(log),
         RedisStateStore(rds, group, compression),
         weights,
@@ -169,18 +171,21 @@ def fill(log: Log, seed: int, users: int, odd: bool = False) -> None:
     flush_ticks(log)
 
 
+@pytest.mark.parametrize("queued", [False, True], ids=["messages", "queues"])
 @pytest.mark.parametrize("tuner", [True, False], ids=["tuner", "no-tuner"])
 @pytest.mark.parametrize(("stream", "kw"), SCENARIOS)
 def test_native_and_python_controllers_write_the_same_records_state_and_metrics(
-    rds: redis.Redis, stream: dict[str, Any], kw: dict[str, Any], tuner: bool
+    rds: redis.Redis, stream: dict[str, Any], kw: dict[str, Any], tuner: bool, queued: bool
 ) -> None:
     """With a tuner the native controller builds each record in its own call (the tuner sees every
-    session); without one a shard's due sessions are closed and recorded in one native call."""
+    session); without one a shard's due sessions are closed and recorded in one native call. With
+    ``queued`` the native controller consumes through the native consumer's API (its RecordQueues,
+    the records the native parser declines left for the Python path)."""
     py_log, nat_log = Log(), Log()
     fill(py_log, **stream)
     nat_log.data = py_log.data
     py = make(py_log, rds, False, "py", tuner=tuner, **kw)
-    nat = make(nat_log, rds, True, "nat", tuner=tuner, **kw)
+    nat = make(nat_log, rds, True, "nat", tuner=tuner, queued=queued, **kw)
     assert all(isinstance(s.window, SessionWindow) for s in py.shards.values())
     run(py, 400)
     run(nat, 400)
@@ -230,8 +235,9 @@ def test_a_crash_hands_the_state_from_one_implementation_to_the_other(
     rds: redis.Redis, first_native: bool
 ) -> None:
     """Same state format: a controller of one kind is killed mid-stream, one of the other kind resumes
-    from Redis (and the state compression is switched too); the records equal an uninterrupted run's
-    (but for the fields a replay may change with its batches, as in every crash test)."""
+    from Redis (and the state compression and the consumer's API are switched too); the records equal
+    an uninterrupted run's (but for the fields a replay may change with its batches, as in every crash
+    test)."""
     ref_log = Log()
     fill(ref_log, seed=9, users=40, odd=True)
     ref = make(ref_log, rds, True, "ref", tuner=False)
@@ -247,6 +253,7 @@ def test_a_crash_hands_the_state_from_one_implementation_to_the_other(
             "crashy",
             tuner=False,
             compression=("none", "lz4")[i % 2],
+            queued=i % 2 == 0,
         )
         ctl.subscribe()
         for _ in range(crash_after):

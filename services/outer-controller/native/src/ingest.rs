@@ -4,6 +4,7 @@
 //! unusual (a record the native parser declines, an empty value) stops the run and is handed back to
 //! the Python path (`DurableController.handle`), which decides it exactly as before.
 
+use crate::consumer::{Body, RecordQueue};
 use crate::event;
 use crate::window::NativeWindow;
 use pyo3::intern;
@@ -120,4 +121,48 @@ pub fn ingest_actions(
         (stop, next, applied, counts, lag_ts)
     });
     Ok((stop, next, applied, counts, lag_ts))
+}
+
+/// [`ingest_actions`] for a [`RecordQueue`] of the native consumer, whose reward events are parsed
+/// already: apply its records to `window` in order, removing them, up to the first the native path
+/// cannot decide (no value, declined by the parser), which stays at the head for the Python path
+/// (`DurableController.handle`). Returns `(next_offset, applied, counts, lag_ts)` as
+/// [`ingest_actions`] does.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+pub fn ingest_queue(
+    window: &Bound<'_, NativeWindow>,
+    queue: &Bound<'_, RecordQueue>,
+    next_offset: i64,
+    now_ms: i64,
+    lag_every: u64,
+) -> PyResult<(i64, u64, [u64; 6], Vec<i64>)> {
+    let py = window.py();
+    let mut guard = window.borrow_mut();
+    let w: &mut NativeWindow = &mut guard;
+    let q = queue.get();
+    Ok(py.detach(move || {
+        let mut recs = q.lock();
+        let mut next = next_offset;
+        let mut applied = 0u64;
+        let mut counts = [0u64; 6];
+        let mut lag_ts = Vec::new();
+        while let Some(rec) = recs.front() {
+            if rec.offset < next {
+                recs.pop_front(); // already in the state
+                continue;
+            }
+            let Body::Action(a) = &rec.body else {
+                break; // the Python path decides it
+            };
+            counts[w.add(Arc::clone(a), now_ms) as usize] += 1;
+            next = rec.offset + 1;
+            applied += 1;
+            if lag_every <= 1 || applied % lag_every == 1 {
+                lag_ts.push(rec.ts_ms());
+            }
+            recs.pop_front();
+        }
+        (next, applied, counts, lag_ts)
+    }))
 }

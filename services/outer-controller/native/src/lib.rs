@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 pub mod closed;
+pub mod consumer;
 pub mod emit;
 pub mod event;
 pub mod ingest;
@@ -78,9 +79,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<closed::Closed>()?;
     m.add_class::<window::NativeWindow>()?;
     m.add_class::<producer::NativeProducer>()?;
+    m.add_class::<consumer::NativeConsumer>()?;
+    m.add_class::<consumer::RecordQueue>()?;
+    m.add_class::<consumer::Record>()?;
     m.add_function(wrap_pyfunction!(emit::close_records, m)?)?;
     m.add_function(wrap_pyfunction!(ingest::group_messages, m)?)?;
     m.add_function(wrap_pyfunction!(ingest::ingest_actions, m)?)?;
+    m.add_function(wrap_pyfunction!(ingest::ingest_queue, m)?)?;
     m.add_function(wrap_pyfunction!(outbox::outbox_batch, m)?)?;
     m.add_function(wrap_pyfunction!(dumps_f64, m)?)?;
     m.add_function(wrap_pyfunction!(dumps_str, m)?)?;

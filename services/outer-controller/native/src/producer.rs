@@ -72,6 +72,26 @@ pub struct NativeProducer {
     producer: BaseProducer<Ctx>,
 }
 
+/// librdkafka properties from a confluent-kafka style config dict: values as str (`bool`/`int`/`float`
+/// written as librdkafka reads them); a Python `logger` entry (confluent-kafka's) is ignored.
+pub fn client_config(config: HashMap<String, Bound<'_, PyAny>>) -> PyResult<ClientConfig> {
+    let mut cc = ClientConfig::new();
+    for (k, v) in config {
+        if k == "logger" {
+            continue;
+        }
+        let value = if let Ok(b) = v.extract::<bool>() {
+            b.to_string()
+        } else if let Ok(s) = v.cast::<PyString>() {
+            s.to_str()?.to_string()
+        } else {
+            v.str()?.to_str()?.to_string()
+        };
+        cc.set(k, value);
+    }
+    Ok(cc)
+}
+
 /// What a `send` refused: the queue is full (try again after a poll) or another error.
 fn refusal(e: &KafkaError) -> String {
     match e {
@@ -88,25 +108,10 @@ impl NativeProducer {
         true
     }
 
-    /// `config`: librdkafka properties (values as str; `bool`/`int`/`float` are written as librdkafka
-    /// reads them). A Python `logger` entry (confluent-kafka's) is ignored.
+    /// `config`: librdkafka properties, as for confluent-kafka's `Producer` (see [`client_config`]).
     #[new]
     fn new(config: HashMap<String, Bound<'_, PyAny>>) -> PyResult<Self> {
-        let mut cc = ClientConfig::new();
-        for (k, v) in config {
-            if k == "logger" {
-                continue;
-            }
-            let value = if let Ok(b) = v.extract::<bool>() {
-                b.to_string()
-            } else if let Ok(s) = v.cast::<PyString>() {
-                s.to_str()?.to_string()
-            } else {
-                v.str()?.to_str()?.to_string()
-            };
-            cc.set(k, value);
-        }
-        let producer = cc
+        let producer = client_config(config)?
             .create_with_context(Ctx::default())
             .map_err(|e| PyValueError::new_err(format!("producer config: {e}")))?;
         Ok(Self { producer })

@@ -28,9 +28,10 @@ environment variables:
   OUTER_ALLOWED_LATENESS_SECONDS    late actions routed to their closed session (default 300)
   OUTER_ATTRIBUTION_WINDOW_SECONDS  delayed KPIs credited to a closed session (default 604800)
   OUTER_LATE_TOPIC              late/unattributed events (default recsys.sessions.late)
-  OUTER_NATIVE / OUTER_NATIVE_PRODUCER   the per-event path in the Rust core / its librdkafka producer
-                                for the outbox (both default true; false: the Python reference /
-                                confluent-kafka's producer)
+  OUTER_NATIVE / OUTER_NATIVE_PRODUCER / OUTER_NATIVE_CONSUMER   the per-event path in the Rust
+                                core / its librdkafka producer for the outbox / its librdkafka
+                                consumer of the input topics (all default true; false: the Python
+                                reference / confluent-kafka's producer / confluent-kafka's consumer)
   OUTER_COMPRESS_RETAINED       closed sessions' actions LZ4-compressed in memory (default true)
   OUTER_CHECKPOINT_INTERVAL_MS  state checkpoint cadence (default 100)
   OUTER_CHECKPOINT_PIPELINE     while behind (3 full batches in a row), write the checkpoint on
@@ -74,11 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from prometheus_client import start_http_server
 
-    from rewardloop_common.kafka import make_consumer, make_producer, producer_config
+    from rewardloop_common.kafka import consumer_config, producer_config
     from rewardloop_common.logging import configure_logging, get_logger
     from rewardloop_common.weights_store import WeightsStore
 
-    from .engine import DurableController, make_tuner
+    from .engine import DurableController, make_input_consumer, make_outbox_producer, make_tuner
     from .metrics import OuterMetrics
     from .settings import OuterSettings
     from .state_store import MemoryStateStore, RedisStateStore, StateStore
@@ -103,19 +104,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if settings.outer_group_instance_id:
         overrides["group.instance.id"] = settings.outer_group_instance_id  # static membership
-    consumer = make_consumer(
-        settings.kafka_bootstrap_servers,
-        settings.outer_consumer_group,
-        client_id="rewardloop-outer",
-        **overrides,
+    consumer = make_input_consumer(
+        settings,
+        consumer_config(
+            settings.kafka_bootstrap_servers,
+            settings.outer_consumer_group,
+            client_id="rewardloop-outer",
+            **overrides,
+        ),
     )
-    producer: Any
-    if settings.outer_native_producer:
-        from rewardloop_outer_native import NativeProducer
-
-        producer = NativeProducer(producer_config(settings.kafka_bootstrap_servers, "rewardloop-outer"))
-    else:
-        producer = make_producer(settings.kafka_bootstrap_servers, client_id="rewardloop-outer")
+    producer = make_outbox_producer(
+        settings, producer_config(settings.kafka_bootstrap_servers, "rewardloop-outer")
+    )
     store = WeightsStore.from_url(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
     state: StateStore
     if settings.outer_state_store == "memory":

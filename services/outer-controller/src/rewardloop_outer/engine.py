@@ -48,9 +48,11 @@ from rewardloop_common.events import SessionRecord, SessionTuner
 from rewardloop_common.kpi_priorities import KPI_PRIORITIES_KEY
 from rewardloop_common.logging import get_logger
 from rewardloop_outer_native import (
+    RecordQueue,
     close_records,
     group_messages,
     ingest_actions,
+    ingest_queue,
     outbox_batch,
     session_record,
 )
@@ -148,6 +150,14 @@ def _ts(m: Any) -> int:
     return int(ts[1]) if ts and ts[0] else 0
 
 
+class MessageQueue(deque[Any]):
+    """A partition's consumed confluent-kafka ``Message``s, with :class:`RecordQueue`'s ``head_ts``
+    (the native consumer's queue) so that the merge reads both alike."""
+
+    def head_ts(self) -> int:
+        return _ts(self[0]) if self else 0
+
+
 def _outbox_batch(entries: list[tuple[str, tuple[str, bytes, bytes]]]) -> bytes:
     """One outbox batch: per record a JSON header line ``{"r": id, "t": topic, "k": key, "n": len}``
     and then the value's ``n`` bytes and a newline (values are stored as they are, not re-escaped).
@@ -221,6 +231,10 @@ class DurableController:
         # gives delivery reports a batch at a time (tokens -> the outbox record each stands for);
         # anything else has confluent-kafka's API (a callback per record, run inside poll/flush)
         self._native_producer = bool(getattr(producer, "batch_reports", False))
+        # a consumer with ``consume_into`` (rewardloop_outer_native.NativeConsumer) fills the partition
+        # queues itself (RecordQueues, reward events parsed already); anything else is confluent-kafka's
+        # Consumer, whose Messages are grouped into MessageQueues here
+        self._native_consumer = hasattr(consumer, "consume_into")
         self._tokens: dict[int, tuple[Shard, str]] = {}
         self._next_token = 0
         self.state = state
@@ -257,7 +271,7 @@ class DurableController:
         self._inflight: tuple[Future[tuple[int, float]], _PendingWrite] | None = None
         self._landed_pws: list[_PendingWrite] = []  # landed, offsets not committed / tuner not fed yet
         self._full_batches = 0  # consumed full batches in a row: the loop is behind
-        self._queues: dict[tuple[str, int], deque[Any]] = {}
+        self._queues: dict[tuple[str, int], Any] = {}  # MessageQueue or RecordQueue
         self._paused: set[tuple[str, int]] = set()
         self._idle_since: dict[tuple[str, int], float] = {}
         self.lag_samples: list[float] = []  # event (Kafka timestamp) -> durable state, ms (bench)
@@ -301,7 +315,13 @@ class DurableController:
     def subscribe(self) -> None:
         topics = [self.reward_topic, self.kpi_topic]
         self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
-        log.info("subscribed", topics=topics, group=self.s.outer_consumer_group)
+        log.info(
+            "subscribed",
+            topics=topics,
+            group=self.s.outer_consumer_group,
+            consumer=type(self.consumer).__name__,
+            producer=type(self.producer).__name__,
+        )
 
     def run(self, stop: threading.Event) -> None:
         self.subscribe()
@@ -368,6 +388,8 @@ class DurableController:
         A method of its own so that the batch list is gone before the loop's collect+freeze: held by
         run_once's frame, its 10^4 Message objects were ~half of what each collection traversed (and
         were frozen, to be freed only by reference counting anyway)."""
+        if self._native_consumer:
+            return self._enqueue_native(n)
         msgs = self._consume(n)
         # by (topic, partition), natively (a few method calls per message); records already in the
         # state are skipped when applied (handle / ingest_actions compare with the shard's offsets)
@@ -381,11 +403,28 @@ class DurableController:
                 continue  # not ours (raced a revoke)
             q = self._queues.get((topic, p))
             if q is None:
-                q = self._queues[topic, p] = deque()
+                q = self._queues[topic, p] = MessageQueue()
             q.extend(ms)
-            if len(q) >= self.s.outer_max_queued and (topic, p) not in self._paused:
-                self._pause(topic, p)
+            self._maybe_pause(topic, p, q)
         return len(msgs)
+
+    def _enqueue_native(self, n: int) -> int:
+        """:meth:`_enqueue` with the native consumer: it puts the records into the queues itself."""
+        count, touched, errors = self.consumer.consume_into(
+            self._queues, n, self.poll_timeout, self.reward_topic
+        )
+        for err in errors:
+            log.warning("consumer error", error=err)
+        for topic, p in touched:
+            if p not in self.shards:
+                self._queues.pop((topic, p), None)  # not ours (raced a revoke)
+                continue
+            self._maybe_pause(topic, p, self._queues[topic, p])
+        return int(count)
+
+    def _maybe_pause(self, topic: str, p: int, q: Any) -> None:
+        if len(q) >= self.s.outer_max_queued and (topic, p) not in self._paused:
+            self._pause(topic, p)
 
     def _consume(self, n: int) -> list[Any]:
         """Up to ``n`` records: what the client has fetched already, without waiting; when it has
@@ -411,11 +450,11 @@ class DurableController:
         handled = 0
         topics = (self.reward_topic, self.kpi_topic)
         for p, shard in list(self.shards.items()):
-            qs = [self._queues.get((t, p)) or deque() for t in topics]
+            qs = [self._queues.get((t, p)) or MessageQueue() for t in topics]
             caught_up: dict[str, bool] = {}  # an empty queue's partition does not move in this pass
             while qs[0] or qs[1]:
                 if qs[0] and qs[1]:
-                    i = 0 if _ts(qs[0][0]) <= _ts(qs[1][0]) else 1
+                    i = 0 if qs[0].head_ts() <= qs[1].head_ts() else 1
                 else:
                     i = 0 if qs[0] else 1
                     other = topics[1 - i]
@@ -445,7 +484,7 @@ class DurableController:
                     self._resume(t, p)
         return handled
 
-    def _drain(self, q: deque[Any], p: int, shard: Shard, now: int) -> int:
+    def _drain(self, q: Any, p: int, shard: Shard, now: int) -> int:
         handled = 0
         handle, every = self.handle, self.lag_sample_every
         while q:
@@ -456,9 +495,11 @@ class DurableController:
                     shard.ingest_ts.append(_ts(m))
         return handled
 
-    def _drain_native(self, q: deque[Any], p: int, shard: Shard, now: int) -> int:
+    def _drain_native(self, q: Any, p: int, shard: Shard, now: int) -> int:
         """:meth:`_drain` of a reward-topic queue in the native core; a record it declines (not the
         common shape, no value) goes through :meth:`handle`, then the native run continues after it."""
+        if isinstance(q, RecordQueue):
+            return self._drain_records(q, p, shard, now)
         msgs = list(q)
         q.clear()
         topic, core = self.reward_topic, shard.core
@@ -480,6 +521,35 @@ class DurableController:
                 if self.handle(topic, p, m.offset(), m.value(), now):
                     handled += 1
                 i += 1
+        self._count_results(topic, counts)
+        return handled
+
+    def _drain_records(self, q: RecordQueue, p: int, shard: Shard, now: int) -> int:
+        """:meth:`_drain_native` of the native consumer's queue: its reward events are parsed already;
+        one without (no value, declined by the parser) stays at its head and goes through
+        :meth:`handle`."""
+        topic, core = self.reward_topic, shard.core
+        counts = [0] * len(_RESULTS)
+        handled = 0
+        while q:
+            nxt, applied, c, lag_ts = ingest_queue(
+                core, q, shard.offsets.get(topic, 0), now, self.lag_sample_every
+            )
+            if applied:
+                shard.offsets[topic] = nxt
+                handled += applied
+                for k, v in enumerate(c):
+                    counts[k] += v
+                shard.ingest_ts.extend(lag_ts)
+            if q:  # the one the native path declined
+                m = q.popleft()
+                if self.handle(topic, p, m.offset(), m.value(), now):
+                    handled += 1
+        self._count_results(topic, counts)
+        return handled
+
+    def _count_results(self, topic: str, counts: list[int]) -> None:
+        """The counters of a native run's window results (see ``native_window.RESULTS``)."""
         self._n_consumed[topic] += sum(counts)
         m_ = self.metrics
         if counts[1]:
@@ -488,7 +558,6 @@ class DurableController:
             self._routed_c[topic].inc(counts[3])
         if counts[5]:
             self._too_late_c.inc(counts[5])
-        return handled
 
     def _maybe_freeze(self, now: float) -> None:
         """Keep CPython's cyclic GC off the session state (``OUTER_GC_FREEZE_INTERVAL_S``).
@@ -1077,7 +1146,7 @@ class DurableController:
             return
         try:
             self.consumer.commit(offsets=tps, asynchronous=True)
-        except KafkaException as exc:
+        except (KafkaException, RuntimeError) as exc:  # RuntimeError: the native consumer's
             log.warning("offset commit failed (state is in Redis; informational)", error=str(exc))
 
     # ---------------------------------------------------------------------------------- rebalance
@@ -1239,6 +1308,30 @@ def automatic_gc_paused(settings: OuterSettings) -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def make_input_consumer(settings: OuterSettings, config: dict[str, Any]) -> Any:
+    """The consumer of the input topics (confluent-kafka style ``config``): the native core's
+    ``NativeConsumer`` (``OUTER_NATIVE_CONSUMER``, default) or confluent-kafka's ``Consumer``."""
+    if settings.outer_native_consumer:
+        from rewardloop_outer_native import NativeConsumer
+
+        return NativeConsumer(config)
+    from confluent_kafka import Consumer
+
+    return Consumer(config)
+
+
+def make_outbox_producer(settings: OuterSettings, config: dict[str, Any]) -> Any:
+    """The producer of the outbox records: the native core's ``NativeProducer``
+    (``OUTER_NATIVE_PRODUCER``, default) or confluent-kafka's ``Producer``."""
+    if settings.outer_native_producer:
+        from rewardloop_outer_native import NativeProducer
+
+        return NativeProducer(config)
+    from confluent_kafka import Producer
+
+    return Producer(config)
 
 
 def make_tuner(settings: OuterSettings, store: Any, metrics: OuterMetrics) -> Any:

@@ -64,6 +64,10 @@ class OuterSettings(CommonSettings):
     #: outbox records produced by rewardloop_outer_native.NativeProducer (librdkafka from Rust, delivery
     #: reports handed over a batch at a time); false = confluent-kafka's Producer (a callback per record)
     outer_native_producer: bool = True
+    #: the input topics consumed by rewardloop_outer_native.NativeConsumer (librdkafka from Rust: records
+    #: queued per partition natively, reward events parsed from librdkafka's buffer); false =
+    #: confluent-kafka's Consumer (a Python Message per record)
+    outer_native_consumer: bool = True
 
     # --- reward blend and credit ---
     outer_kappa_initial: float = Field(default=0.2, ge=0.0, le=1.0)

@@ -1,0 +1,578 @@
+//! The outer controller's consumer of `recsys.reward.raw` and the KPI topic: librdkafka through
+//! rdkafka, with the consumed records queued here per (topic, partition) instead of one Python
+//! `Message` per record. With confluent-kafka every record became a `Message` object (with a copy of
+//! its value, its topic as a new `str`), was grouped by partition in Python's containers and read back
+//! through three method calls: ~10 % of the loop thread at 10^5 events/s (py-spy). Here a reward
+//! event is parsed straight from librdkafka's buffer into the [`Action`] the window keeps, and the
+//! engine (`DurableController`) applies a partition's queue in one call ([`crate::ingest::ingest_queue`]).
+//!
+//! The Python-facing API is the part of confluent-kafka's `Consumer` the engine uses (`subscribe`
+//! with `on_assign`/`on_revoke`, `assign`, `pause`, `resume`, `commit`, `get_watermark_offsets`,
+//! `unsubscribe`, `close`), with confluent-kafka's `TopicPartition` objects, so the rebalance and
+//! commit code stays one; only consuming differs (`consume_into`).
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use rdkafka::bindings as rdsys;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, Timestamp};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::event::{self, Action};
+use crate::producer::client_config;
+
+/// A consumed record's content: a reward event already parsed, or the value as it came (a KPI event,
+/// a record the native parser declines, no value at all) for the Python path.
+pub enum Body {
+    Action(Arc<Action>),
+    Raw(Option<Box<[u8]>>),
+}
+
+pub struct Rec {
+    pub offset: i64,
+    /// confluent-kafka's `(type, value)`: type 0 (not available), 1 (create time), 2 (log append)
+    pub ts: (i32, i64),
+    pub body: Body,
+}
+
+impl Rec {
+    /// The Kafka timestamp as the engine orders records by it (0 when there is none).
+    pub fn ts_ms(&self) -> i64 {
+        if self.ts.0 != 0 {
+            self.ts.1
+        } else {
+            0
+        }
+    }
+}
+
+/// A record's [`Body`]: with `parse` (the reward topic) its value parsed as a reward event where the
+/// native parser accepts it.
+fn body(value: Option<&[u8]>, parse: bool) -> Body {
+    match value {
+        Some(v) if parse => match event::parse_action(v) {
+            Some(a) => Body::Action(Arc::new(a)),
+            None => Body::Raw(Some(v.into())),
+        },
+        v => Body::Raw(v.map(Into::into)),
+    }
+}
+
+/// One (topic, partition)'s consumed records, oldest first: what the engine's partition queue holds
+/// when the consumer is native (a `deque` of `Message`s otherwise). Falsy when empty.
+#[pyclass(module = "rewardloop_outer_native", frozen)]
+pub struct RecordQueue {
+    topic: Py<PyString>,
+    partition: i32,
+    pub recs: Mutex<VecDeque<Rec>>,
+}
+
+impl RecordQueue {
+    pub fn lock(&self) -> MutexGuard<'_, VecDeque<Rec>> {
+        self.recs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[pymethods]
+impl RecordQueue {
+    #[new]
+    fn new(topic: Bound<'_, PyString>, partition: i32) -> Self {
+        Self {
+            topic: topic.unbind(),
+            partition,
+            recs: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn __len__(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The first record's Kafka timestamp (0: none, or the queue is empty).
+    fn head_ts(&self) -> i64 {
+        self.lock().front().map_or(0, Rec::ts_ms)
+    }
+
+    /// Append a record as `consume_into` does with each one it consumes (a reward event, `parse`, is
+    /// parsed here): how a test's fake consumer fills the queues.
+    #[pyo3(signature = (offset, timestamp, value, parse))]
+    fn append(&self, offset: i64, timestamp: (i32, i64), value: Option<&[u8]>, parse: bool) {
+        let rec = Rec {
+            offset,
+            ts: timestamp,
+            body: body(value, parse),
+        };
+        self.lock().push_back(rec);
+    }
+
+    /// Remove the first record and return it as a `Message`-like [`Record`].
+    fn popleft(&self, py: Python<'_>) -> PyResult<Record> {
+        let rec = self
+            .lock()
+            .pop_front()
+            .ok_or_else(|| pyo3::exceptions::PyIndexError::new_err("pop from an empty queue"))?;
+        let value = match rec.body {
+            Body::Action(a) => Some(PyBytes::new(py, a.raw()).unbind()),
+            Body::Raw(Some(v)) => Some(PyBytes::new(py, &v).unbind()),
+            Body::Raw(None) => None,
+        };
+        Ok(Record {
+            topic: self.topic.clone_ref(py),
+            partition: self.partition,
+            offset: rec.offset,
+            ts: rec.ts,
+            value,
+        })
+    }
+}
+
+/// One record taken off a [`RecordQueue`], read as confluent-kafka's `Message` is (`topic()`,
+/// `partition()`, `offset()`, `value()`, `timestamp()`, `error()`).
+#[pyclass(module = "rewardloop_outer_native", frozen)]
+pub struct Record {
+    topic: Py<PyString>,
+    partition: i32,
+    offset: i64,
+    ts: (i32, i64),
+    value: Option<Py<PyBytes>>,
+}
+
+#[pymethods]
+impl Record {
+    fn topic(&self, py: Python<'_>) -> Py<PyString> {
+        self.topic.clone_ref(py)
+    }
+    fn partition(&self) -> i32 {
+        self.partition
+    }
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+    fn value(&self, py: Python<'_>) -> Option<Py<PyBytes>> {
+        self.value.as_ref().map(|v| v.clone_ref(py))
+    }
+    fn timestamp(&self) -> (i32, i64) {
+        self.ts
+    }
+    fn error(&self) -> Option<()> {
+        None
+    }
+}
+
+/// The Python side of a rebalance: the callbacks `subscribe` was given, the consumer object to pass
+/// them (set only while a poll runs: a reference from the context to its owner would be a cycle), and
+/// what went wrong in them (raised from the poll that ran them, as confluent-kafka does).
+#[derive(Default)]
+struct Ctx {
+    on_assign: Mutex<Option<Py<PyAny>>>,
+    on_revoke: Mutex<Option<Py<PyAny>>>,
+    owner: Mutex<Option<Py<PyAny>>>,
+    error: Mutex<Option<PyErr>>,
+    /// the callback assigned (or unassigned) itself: no default assignment after it
+    assigned_in_callback: AtomicBool,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ClientContext for Ctx {
+    /// librdkafka's own log lines, as its default logger writes them (no Rust logger in the process).
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use RDKafkaLogLevel::*;
+        if matches!(level, Emerg | Alert | Critical | Error | Warning) {
+            eprintln!("rdkafka (outer consumer) {level:?} {fac}: {log_message}");
+        }
+    }
+
+    /// The transport errors (a broker down) are in the log lines already, and come at every poll.
+    fn error(&self, error: KafkaError, reason: &str) {
+        use RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure};
+        if !matches!(
+            error.rdkafka_error_code(),
+            Some(AllBrokersDown | BrokerTransportFailure)
+        ) {
+            eprintln!("rdkafka (outer consumer) error: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    /// confluent-kafka's semantics: the Python callback gets the consumer and the partitions (as
+    /// `TopicPartition`s); when it did not assign itself, an assignment is assigned and a revocation
+    /// unassigned after it (eager protocol; the incremental calls under the cooperative one).
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let assign = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => true,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => false,
+            other => {
+                eprintln!("rdkafka (outer consumer) rebalance error: {other:?}");
+                false
+            }
+        };
+        self.assigned_in_callback.store(false, Ordering::SeqCst);
+        let has_cb = locked(if assign {
+            &self.on_assign
+        } else {
+            &self.on_revoke
+        })
+        .is_some();
+        // (no callback -- e.g. after close, or dropped without it -- needs no Python at all)
+        has_cb.then(|| {
+            Python::attach(|py| {
+                let cb = locked(if assign {
+                    &self.on_assign
+                } else {
+                    &self.on_revoke
+                })
+                .as_ref()
+                .map(|c| c.clone_ref(py));
+                let owner = locked(&self.owner).as_ref().map(|o| o.clone_ref(py));
+                if let Some(cb) = cb {
+                    let called = to_py_partitions(py, tpl).and_then(|parts| {
+                        cb.call1(py, (owner.unwrap_or_else(|| py.None()), parts))
+                    });
+                    if let Err(e) = called {
+                        locked(&self.error).get_or_insert(e);
+                    }
+                }
+            })
+        });
+        if self.assigned_in_callback.load(Ordering::SeqCst) {
+            return;
+        }
+        let cooperative = matches!(
+            base.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        );
+        let r = match (assign, cooperative) {
+            (true, false) => base.assign(tpl),
+            (true, true) => base.incremental_assign(tpl),
+            (false, false) => base.unassign(),
+            (false, true) => base.incremental_unassign(tpl),
+        };
+        if let Err(e) = r {
+            eprintln!("rdkafka (outer consumer) rebalance: {e}");
+        }
+    }
+}
+
+/// `[TopicPartition(topic, partition, offset)]` (confluent-kafka's class) of a partition list.
+fn to_py_partitions<'py>(
+    py: Python<'py>,
+    tpl: &TopicPartitionList,
+) -> PyResult<Bound<'py, PyList>> {
+    let cls = py.import("confluent_kafka")?.getattr("TopicPartition")?;
+    let out = PyList::empty(py);
+    for e in tpl.elements() {
+        let off = e
+            .offset()
+            .to_raw()
+            .unwrap_or(rdsys::RD_KAFKA_OFFSET_INVALID as i64);
+        out.append(cls.call1((e.topic(), e.partition(), off))?)?;
+    }
+    Ok(out)
+}
+
+/// A partition list from Python `TopicPartition`-likes (`.topic`, `.partition`, `.offset`; an offset
+/// below zero other than the logical ones reads as "the committed offset").
+fn from_py_partitions(
+    parts: &Bound<'_, PyAny>,
+    with_offsets: bool,
+) -> PyResult<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for p in parts.try_iter()? {
+        let p = p?;
+        let topic: String = p.getattr("topic")?.extract()?;
+        let partition: i32 = p.getattr("partition")?.extract()?;
+        let mut e = tpl.add_partition(&topic, partition);
+        if with_offsets {
+            let off: i64 = p.getattr("offset")?.extract()?;
+            e.set_offset(Offset::from_raw(off))
+                .map_err(|err| PyValueError::new_err(format!("offset {off}: {err}")))?;
+        }
+    }
+    Ok(tpl)
+}
+
+fn kafka_err(what: &str, e: KafkaError) -> PyErr {
+    PyRuntimeError::new_err(format!("{what}: {e}"))
+}
+
+/// A librdkafka consumer for Python: the engine's subset of confluent-kafka's `Consumer`, and
+/// `consume_into`, which fills the engine's partition queues.
+#[pyclass(module = "rewardloop_outer_native", frozen)]
+pub struct NativeConsumer {
+    consumer: BaseConsumer<Ctx>,
+    closed: AtomicBool,
+}
+
+/// What one consumed record goes to: a queue's records of this poll, in order.
+struct Run {
+    topic: String,
+    partition: i32,
+    recs: Vec<Rec>,
+}
+
+#[pymethods]
+impl NativeConsumer {
+    /// `config`: librdkafka properties, as for confluent-kafka's `Consumer` (a `logger` is ignored).
+    #[new]
+    fn new(config: HashMap<String, Bound<'_, PyAny>>) -> PyResult<Self> {
+        let consumer = client_config(config)?
+            .create_with_context(Ctx::default())
+            .map_err(|e| PyValueError::new_err(format!("consumer config: {e}")))?;
+        Ok(Self {
+            consumer,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    #[pyo3(signature = (topics, on_assign=None, on_revoke=None))]
+    fn subscribe(
+        &self,
+        topics: Vec<String>,
+        on_assign: Option<Py<PyAny>>,
+        on_revoke: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let ctx = self.consumer.context();
+        *locked(&ctx.on_assign) = on_assign;
+        *locked(&ctx.on_revoke) = on_revoke;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.consumer
+            .subscribe(&names)
+            .map_err(|e| kafka_err("subscribe", e))
+    }
+
+    fn unsubscribe(&self) {
+        self.consumer.unsubscribe();
+    }
+
+    fn assign(&self, partitions: &Bound<'_, PyAny>) -> PyResult<()> {
+        let tpl = from_py_partitions(partitions, true)?;
+        self.consumer
+            .context()
+            .assigned_in_callback
+            .store(true, Ordering::SeqCst);
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| kafka_err("assign", e))
+    }
+
+    fn pause(&self, partitions: &Bound<'_, PyAny>) -> PyResult<()> {
+        let tpl = from_py_partitions(partitions, false)?;
+        self.consumer.pause(&tpl).map_err(|e| kafka_err("pause", e))
+    }
+
+    fn resume(&self, partitions: &Bound<'_, PyAny>) -> PyResult<()> {
+        let tpl = from_py_partitions(partitions, false)?;
+        self.consumer
+            .resume(&tpl)
+            .map_err(|e| kafka_err("resume", e))
+    }
+
+    /// Commit the given offsets (the next offset to read, per partition).
+    #[pyo3(signature = (offsets, asynchronous=true))]
+    fn commit(
+        &self,
+        py: Python<'_>,
+        offsets: &Bound<'_, PyAny>,
+        asynchronous: bool,
+    ) -> PyResult<()> {
+        let tpl = from_py_partitions(offsets, true)?;
+        let mode = if asynchronous {
+            CommitMode::Async
+        } else {
+            CommitMode::Sync
+        };
+        py.detach(|| self.consumer.commit(&tpl, mode))
+            .map_err(|e| kafka_err("commit", e))
+    }
+
+    /// `(low, high)` of a partition: the client's cached values (refreshed with every fetch, no broker
+    /// round trip) or, with `cached=False`, asked of the broker (`timeout` seconds).
+    #[pyo3(signature = (partition, cached=false, timeout=5.0))]
+    fn get_watermark_offsets(
+        &self,
+        py: Python<'_>,
+        partition: &Bound<'_, PyAny>,
+        cached: bool,
+        timeout: f64,
+    ) -> PyResult<(i64, i64)> {
+        let topic: String = partition.getattr("topic")?.extract()?;
+        let p: i32 = partition.getattr("partition")?.extract()?;
+        if !cached {
+            let wait = Duration::from_secs_f64(timeout.max(0.0));
+            return py
+                .detach(|| self.consumer.fetch_watermarks(&topic, p, wait))
+                .map_err(|e| kafka_err("watermarks", e));
+        }
+        let name = CString::new(topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let (mut lo, mut hi) = (0i64, 0i64);
+        // SAFETY: a live client handle, a NUL-terminated topic name and two out-parameters
+        let err = unsafe {
+            rdsys::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                name.as_ptr(),
+                p,
+                &mut lo,
+                &mut hi,
+            )
+        };
+        if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+            let code: RDKafkaErrorCode = err.into();
+            return Err(PyRuntimeError::new_err(format!("watermarks: {code}")));
+        }
+        Ok((lo, hi))
+    }
+
+    /// Consume up to `n` records into `queues` (`{(topic, partition): RecordQueue}`; a missing queue
+    /// is created): what librdkafka has fetched already, without waiting; when it has none, wait at
+    /// most `timeout` seconds for the first (without the GIL) and take what came with it. Records of
+    /// `action_topic` are parsed as reward events here (from librdkafka's buffer, no copy of the
+    /// value); the others, and those the parser declines, keep their value for the Python path.
+    ///
+    /// Returns `(records, [(topic, partition)] of the queues that got some, [consumer errors])`.
+    /// Rebalance callbacks run inside (an exception in one is raised here, after the poll).
+    #[allow(clippy::type_complexity)]
+    fn consume_into(
+        slf: &Bound<'_, Self>,
+        queues: &Bound<'_, PyDict>,
+        n: usize,
+        timeout: f64,
+        action_topic: &str,
+    ) -> PyResult<(usize, Vec<(String, i32)>, Vec<String>)> {
+        let py = slf.py();
+        let this = slf.get();
+        let ctx = this.consumer.context();
+        *locked(&ctx.owner) = Some(slf.clone().into_any().unbind());
+        let mut runs: Vec<Run> = Vec::new();
+        let mut errors = Vec::new();
+        let mut count = 0usize;
+        let wait = Duration::from_secs_f64(timeout.max(0.0));
+        while count < n {
+            let polled = if count == 0 && runs.is_empty() && errors.is_empty() {
+                match this.consumer.poll(Duration::ZERO) {
+                    None if !wait.is_zero() => py.detach(|| this.consumer.poll(wait)),
+                    r => r,
+                }
+            } else {
+                this.consumer.poll(Duration::ZERO)
+            };
+            let Some(r) = polled else { break };
+            let m = match r {
+                Ok(m) => m,
+                Err(KafkaError::PartitionEOF(_)) => continue,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
+            count += 1;
+            let ts = match m.timestamp() {
+                Timestamp::NotAvailable => (0, -1),
+                Timestamp::CreateTime(t) => (1, t),
+                Timestamp::LogAppendTime(t) => (2, t),
+            };
+            let rec = Rec {
+                offset: m.offset(),
+                ts,
+                body: body(m.payload(), m.topic() == action_topic),
+            };
+            match runs.last_mut() {
+                Some(run) if run.partition == m.partition() && run.topic == m.topic() => {
+                    run.recs.push(rec)
+                }
+                _ => runs.push(Run {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    recs: vec![rec],
+                }),
+            }
+        }
+        *locked(&ctx.owner) = None;
+        if let Some(e) = locked(&ctx.error).take() {
+            return Err(e);
+        }
+        let mut touched: Vec<(String, i32)> = Vec::new();
+        for run in runs {
+            let key = PyTuple::new(
+                py,
+                [
+                    PyString::new(py, &run.topic).into_any(),
+                    run.partition.into_pyobject(py)?.into_any(),
+                ],
+            )?;
+            let q = match queues.get_item(&key)? {
+                Some(q) => q.cast_into::<RecordQueue>()?,
+                None => {
+                    let q = Bound::new(
+                        py,
+                        RecordQueue::new(PyString::new(py, &run.topic), run.partition),
+                    )?;
+                    queues.set_item(&key, &q)?;
+                    q
+                }
+            };
+            q.get().lock().extend(run.recs);
+            if !touched
+                .iter()
+                .any(|(t, p)| *p == run.partition && *t == run.topic)
+            {
+                touched.push((run.topic, run.partition));
+            }
+        }
+        Ok((count, touched, errors))
+    }
+
+    /// Leave the group: the revocation's callback runs here (as in confluent-kafka's `close`).
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let (py, this) = (slf.py(), slf.get());
+        if this.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let ctx = this.consumer.context();
+        *locked(&ctx.owner) = Some(slf.clone().into_any().unbind());
+        let closed = this.consumer.close_queue();
+        if closed.is_ok() {
+            for _ in 0..300 {
+                if this.consumer.closed() {
+                    break;
+                }
+                py.detach(|| this.consumer.poll(Duration::from_millis(100)));
+            }
+        }
+        *locked(&ctx.owner) = None;
+        *locked(&ctx.on_assign) = None;
+        *locked(&ctx.on_revoke) = None;
+        if let Some(e) = locked(&ctx.error).take() {
+            return Err(e);
+        }
+        closed.map_err(|e| kafka_err("close", e))
+    }
+}
+
+impl Drop for NativeConsumer {
+    /// Dropped without `close` (a test, an error on the way up): BaseConsumer's own drop leaves the
+    /// group, without calling back into Python.
+    fn drop(&mut self) {
+        let ctx = self.consumer.context();
+        *locked(&ctx.on_assign) = None;
+        *locked(&ctx.on_revoke) = None;
+    }
+}
