@@ -310,7 +310,7 @@ def lag_phase(
     prod.join(10)
     ctl.checkpoint()
     ctl.shutdown()
-    lag = sorted(ctl.lag_samples)
+    lag = sorted(lag for _, lag in ctl.lag_samples)
     pct = lambda q: lag[min(len(lag) - 1, int(q * len(lag)))] if lag else None  # noqa: E731
     return {
         "rate_per_s": rate,
@@ -327,7 +327,25 @@ def lag_phase(
         # producer process)
         "controller_main_cpu_us_per_event": round((main1[0] - main0[0]) / n_live * 1e6, 2),
         "controller_main_waiting_for_cpu": round((main1[1] - main0[1]) / wall, 2),
+        "p99_per_second": p99_per_second(ctl.lag_samples),
     }
+
+
+def p99_per_second(samples: list[tuple[int, int]]) -> list[int]:
+    """The lag P99 of the records that landed in each second of the phase (from its first landing):
+    whether a phase's P99 came from a few bursts (a slow checkpoint, a collection) or from a backlog
+    that built up and drained."""
+    if not samples:
+        return []
+    t0 = min(t for t, _ in samples)
+    per: dict[int, list[int]] = {}
+    for t, lag in samples:
+        per.setdefault((t - t0) // 1000, []).append(lag)
+    out = []
+    for sec in range(max(per) + 1):
+        lags = sorted(per.get(sec, []))
+        out.append(lags[min(len(lags) - 1, int(0.99 * len(lags)))] if lags else 0)
+    return out
 
 
 def throughput_phase(

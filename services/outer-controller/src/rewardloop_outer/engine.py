@@ -274,7 +274,8 @@ class DurableController:
         self._queues: dict[tuple[str, int], Any] = {}  # MessageQueue or RecordQueue
         self._paused: set[tuple[str, int]] = set()
         self._idle_since: dict[tuple[str, int], float] = {}
-        self.lag_samples: list[float] = []  # event (Kafka timestamp) -> durable state, ms (bench)
+        # (landed at, wall ms; event (Kafka timestamp) -> durable state, ms) of the sampled records (bench)
+        self.lag_samples: list[tuple[int, int]] = []
         self.record_lag = False  # keep the sampled lags in lag_samples (the benchmark)
         self.lag_sample_every = LAG_SAMPLE_EVERY
         m = self.metrics
@@ -1024,7 +1025,7 @@ class DurableController:
                     lag = done_ms - ts
                     self.metrics.state_lag.observe(lag / 1000)
                     if self.record_lag:
-                        self.lag_samples.append(lag)
+                        self.lag_samples.append((done_ms, lag))
 
     @staticmethod
     def _batch_landed(shard: Shard, added: Any, rids: list[str], removed: list[str]) -> None:
