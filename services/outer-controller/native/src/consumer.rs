@@ -29,7 +29,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::event::{self, Action};
-use crate::producer::client_config;
+use crate::producer::{client_config, error_line, log_line};
 
 /// A consumed record's content: a reward event already parsed, or the value as it came (a KPI event,
 /// a record the native parser declines, no value at all) for the Python path.
@@ -187,23 +187,12 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ClientContext for Ctx {
-    /// librdkafka's own log lines, as its default logger writes them (no Rust logger in the process).
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        use RDKafkaLogLevel::*;
-        if matches!(level, Emerg | Alert | Critical | Error | Warning) {
-            eprintln!("rdkafka (outer consumer) {level:?} {fac}: {log_message}");
-        }
+        log_line("outer consumer", level, fac, log_message);
     }
 
-    /// The transport errors (a broker down) are in the log lines already, and come at every poll.
     fn error(&self, error: KafkaError, reason: &str) {
-        use RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure};
-        if !matches!(
-            error.rdkafka_error_code(),
-            Some(AllBrokersDown | BrokerTransportFailure)
-        ) {
-            eprintln!("rdkafka (outer consumer) error: {error}: {reason}");
-        }
+        error_line("outer consumer", error, reason);
     }
 }
 

@@ -5,7 +5,7 @@
 //! the Python path (`DurableController.handle`), which decides it exactly as before.
 
 use crate::consumer::{Body, RecordQueue};
-use crate::event;
+use crate::event::{self, Action};
 use crate::window::NativeWindow;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -88,8 +88,7 @@ pub fn ingest_actions(
             stop = i; // None (or not bytes): the Python path reports it
             break;
         };
-        let k = batch.len() as u64 + 1;
-        let ts = if lag_every <= 1 || k % lag_every == 1 {
+        let ts = if sampled(batch.len() as u64 + 1, lag_every) {
             let (kind, t): (i64, i64) = m.call_method0(intern!(py, "timestamp"))?.extract()?;
             Some(if kind != 0 { t } else { 0 })
         } else {
@@ -102,25 +101,58 @@ pub fn ingest_actions(
     //    first record the native parser declines
     let mut guard = window.borrow_mut();
     let w: &mut NativeWindow = &mut guard;
-    let (stop, next, applied, counts, lag_ts) = py.detach(move || {
-        let mut next = next_offset;
-        let mut applied = 0u64;
-        let mut counts = [0u64; 6];
-        let mut lag_ts = Vec::new();
+    let (stop, run) = py.detach(move || {
+        let mut run = Applied::new(next_offset);
         for (i, off, raw, ts) in batch {
             let Some(a) = event::parse_action(&raw) else {
-                return (i, next, applied, counts, lag_ts); // the Python path validates it
+                return (i, run); // the Python path validates it
             };
-            counts[w.add(Arc::new(a), now_ms) as usize] += 1;
-            next = off + 1;
-            applied += 1;
-            if let Some(t) = ts {
-                lag_ts.push(t);
-            }
+            run.apply(w, Arc::new(a), off, now_ms, ts);
         }
-        (stop, next, applied, counts, lag_ts)
+        (stop, run)
     });
-    Ok((stop, next, applied, counts, lag_ts))
+    Ok((stop, run.next, run.applied, run.counts, run.lag_ts))
+}
+
+/// Is the `k`-th applied record (from 1) one whose lag is sampled: the first, then every `every`-th?
+fn sampled(k: u64, every: u64) -> bool {
+    every <= 1 || k % every == 1
+}
+
+/// What a run of records applied to a window adds up to: the next offset to read, how many were
+/// applied, the window's result codes, the sampled records' Kafka timestamps.
+struct Applied {
+    next: i64,
+    applied: u64,
+    counts: [u64; 6],
+    lag_ts: Vec<i64>,
+}
+
+impl Applied {
+    fn new(next: i64) -> Self {
+        Self {
+            next,
+            applied: 0,
+            counts: [0; 6],
+            lag_ts: Vec::new(),
+        }
+    }
+
+    fn apply(
+        &mut self,
+        w: &mut NativeWindow,
+        a: Arc<Action>,
+        offset: i64,
+        now_ms: i64,
+        ts: Option<i64>,
+    ) {
+        self.counts[w.add(a, now_ms) as usize] += 1;
+        self.next = offset + 1;
+        self.applied += 1;
+        if let Some(t) = ts {
+            self.lag_ts.push(t);
+        }
+    }
 }
 
 /// [`ingest_actions`] for a [`RecordQueue`] of the native consumer, whose reward events are parsed
@@ -141,28 +173,22 @@ pub fn ingest_queue(
     let mut guard = window.borrow_mut();
     let w: &mut NativeWindow = &mut guard;
     let q = queue.get();
-    Ok(py.detach(move || {
+    let run = py.detach(move || {
         let mut recs = q.lock();
-        let mut next = next_offset;
-        let mut applied = 0u64;
-        let mut counts = [0u64; 6];
-        let mut lag_ts = Vec::new();
+        let mut run = Applied::new(next_offset);
         while let Some(rec) = recs.front() {
-            if rec.offset < next {
+            if rec.offset < run.next {
                 recs.pop_front(); // already in the state
                 continue;
             }
             let Body::Action(a) = &rec.body else {
                 break; // the Python path decides it
             };
-            counts[w.add(Arc::clone(a), now_ms) as usize] += 1;
-            next = rec.offset + 1;
-            applied += 1;
-            if lag_every <= 1 || applied % lag_every == 1 {
-                lag_ts.push(rec.ts_ms());
-            }
+            let ts = sampled(run.applied + 1, lag_every).then(|| rec.ts_ms());
+            run.apply(w, Arc::clone(a), rec.offset, now_ms, ts);
             recs.pop_front();
         }
-        (next, applied, counts, lag_ts)
-    }))
+        run
+    });
+    Ok((run.next, run.applied, run.counts, run.lag_ts))
 }

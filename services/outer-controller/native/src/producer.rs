@@ -30,26 +30,34 @@ struct Ctx {
     reports: Mutex<Reports>,
 }
 
+/// librdkafka's own log lines (warnings and worse) on stderr, as its default logger writes them:
+/// nothing installs a Rust logger in the Python process, so the `log` crate's default would drop them.
+pub fn log_line(client: &str, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+    use RDKafkaLogLevel::*;
+    if matches!(level, Emerg | Alert | Critical | Error | Warning) {
+        eprintln!("rdkafka ({client}) {level:?} {fac}: {log_message}");
+    }
+}
+
+/// librdkafka's error events on stderr, but for the transport ones (a broker down, its connection
+/// refused): they are in its log lines already, and come again at every poll while the broker is away.
+pub fn error_line(client: &str, error: KafkaError, reason: &str) {
+    use RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure};
+    if !matches!(
+        error.rdkafka_error_code(),
+        Some(AllBrokersDown | BrokerTransportFailure)
+    ) {
+        eprintln!("rdkafka ({client}) error: {error}: {reason}");
+    }
+}
+
 impl ClientContext for Ctx {
-    /// librdkafka's own log lines, as its default logger writes them (nothing installs a Rust logger
-    /// in the Python process, so the `log` crate's default would drop them).
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        use RDKafkaLogLevel::*;
-        if matches!(level, Emerg | Alert | Critical | Error | Warning) {
-            eprintln!("rdkafka (outer producer) {level:?} {fac}: {log_message}");
-        }
+        log_line("outer producer", level, fac, log_message);
     }
 
-    /// librdkafka's error events; the transport ones (a broker down, its connection refused) are in
-    /// its log lines already, and come again at every poll while the broker is away.
     fn error(&self, error: KafkaError, reason: &str) {
-        use RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure};
-        if !matches!(
-            error.rdkafka_error_code(),
-            Some(AllBrokersDown | BrokerTransportFailure)
-        ) {
-            eprintln!("rdkafka (outer producer) error: {error}: {reason}");
-        }
+        error_line("outer producer", error, reason);
     }
 }
 

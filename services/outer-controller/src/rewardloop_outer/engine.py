@@ -508,15 +508,8 @@ class DurableController:
         counts = [0] * len(_RESULTS)
         handled, i = 0, 0
         while i < len(msgs):
-            i, nxt, applied, c, lag_ts = ingest_actions(
-                core, msgs, i, shard.offsets.get(topic, 0), now, every
-            )
-            if applied:
-                shard.offsets[topic] = nxt
-                handled += applied
-                for k, v in enumerate(c):
-                    counts[k] += v
-                shard.ingest_ts.extend(lag_ts)
+            i, *run = ingest_actions(core, msgs, i, shard.offsets.get(topic, 0), now, every)
+            handled += self._applied(shard, topic, counts, *run)
             if i < len(msgs):  # the one the native path declined
                 m = msgs[i]
                 if self.handle(topic, p, m.offset(), m.value(), now):
@@ -533,21 +526,27 @@ class DurableController:
         counts = [0] * len(_RESULTS)
         handled = 0
         while q:
-            nxt, applied, c, lag_ts = ingest_queue(
-                core, q, shard.offsets.get(topic, 0), now, self.lag_sample_every
-            )
-            if applied:
-                shard.offsets[topic] = nxt
-                handled += applied
-                for k, v in enumerate(c):
-                    counts[k] += v
-                shard.ingest_ts.extend(lag_ts)
+            run = ingest_queue(core, q, shard.offsets.get(topic, 0), now, self.lag_sample_every)
+            handled += self._applied(shard, topic, counts, *run)
             if q:  # the one the native path declined
                 m = q.popleft()
                 if self.handle(topic, p, m.offset(), m.value(), now):
                     handled += 1
         self._count_results(topic, counts)
         return handled
+
+    @staticmethod
+    def _applied(
+        shard: Shard, topic: str, counts: list[int], nxt: int, applied: int, c: list[int], lag_ts: list[int]
+    ) -> int:
+        """A native run's outcome (``ingest_actions`` / ``ingest_queue``) into the shard's next offset,
+        its lag samples and the run's ``counts``; how many records it applied."""
+        if applied:
+            shard.offsets[topic] = nxt
+            for k, v in enumerate(c):
+                counts[k] += v
+            shard.ingest_ts.extend(lag_ts)
+        return applied
 
     def _count_results(self, topic: str, counts: list[int]) -> None:
         """The counters of a native run's window results (see ``native_window.RESULTS``)."""
