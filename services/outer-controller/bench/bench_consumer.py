@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import uuid
@@ -38,7 +37,7 @@ from rewardloop_outer.state_store import MemoryStateStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_outer import ENV, bench_stack, consumer_conf, events, produce  # noqa: E402
-from bench_producer import process_cpu  # noqa: E402
+from bench_producer import native_over_confluent, process_cpu  # noqa: E402
 
 
 def read_all(bootstrap: str, topic: str, native: bool, records: int, batch: int) -> dict[str, float]:
@@ -117,18 +116,12 @@ def main() -> int:
             for name in order:
                 out[name].append(read_all(bootstrap, topic, name == "native", a.records, a.batch))
 
-        def med(name: str, k: str) -> float:
-            return statistics.median(r[k] for r in out[name])
-
         result: dict[str, Any] = {
             "records": a.records,
             "users": a.users,
             "batch": a.batch,
             "rounds": out,
-            "native_over_confluent": {
-                k: round(med("native", k) / med("confluent", k), 3)
-                for k in ("thread_cpu_us_per_record", "process_cpu_us_per_record")
-            },
+            "native_over_confluent": native_over_confluent(out),
         }
         print(json.dumps(result, indent=1))
     return 0
