@@ -154,3 +154,32 @@ def test_pause_holds_a_partition_back_until_resume(kafka_stack: KafkaStack) -> N
     consume_until(c, queues, topic, lambda: len(queues[topic, 0]) >= 2)
     assert [r.offset() for r in drain(queues[topic, 0])] == [0, 1]
     c.close()
+
+
+def test_unsubscribe_and_subscribe_again_as_the_fenced_engine_does(kafka_stack: KafkaStack) -> None:
+    """``DurableController._fenced``: unsubscribe, subscribe again at once, go on consuming. The
+    revocation and the new assignment run their callbacks in later ``consume_into`` calls, on this
+    thread; records polled before the revocation are not handed over after it."""
+    topic = new_topic(kafka_stack)
+    produce(kafka_stack, topic, [(0, action(1)), (1, action(2))])
+    c = consumer(kafka_stack, f"nc-{uuid.uuid4().hex[:6]}")
+    events: list[tuple[str, list[int]]] = []
+
+    def on_assign(cons: Any, tps: list[TopicPartition]) -> None:
+        events.append(("assign", sorted(tp.partition for tp in tps)))
+        cons.assign(tps)
+
+    def on_revoke(_cons: Any, tps: list[TopicPartition]) -> None:
+        events.append(("revoke", sorted(tp.partition for tp in tps)))
+
+    c.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
+    queues: Queues = {}
+    assert consume_until(c, queues, topic, lambda: sum(len(q) for q in queues.values()) >= 2) == 2
+    c.unsubscribe()
+    c.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
+    queues.clear()
+    # nothing committed: the group starts over from the earliest offsets
+    assert consume_until(c, queues, topic, lambda: sum(len(q) for q in queues.values()) >= 2) == 2
+    assert events == [("assign", [0, 1]), ("revoke", [0, 1]), ("assign", [0, 1])]
+    assert sorted((p, [r.offset() for r in drain(q)]) for (_, p), q in queues.items()) == [(0, [0]), (1, [0])]
+    c.close()

@@ -6,6 +6,14 @@
 //! event is parsed straight from librdkafka's buffer into the [`Action`] the window keeps, and the
 //! engine (`DurableController`) applies a partition's queue in one call ([`crate::ingest::ingest_queue`]).
 //!
+//! librdkafka is polled, and the records parsed, on a thread of its own ([`poll_loop`], started by the
+//! first `consume_into`): that work needs neither the GIL nor the engine's state, and was ~9 % of the
+//! loop thread on it. A rebalance still runs its Python callback on the loop thread, inside
+//! `consume_into` (or `close`), as confluent-kafka runs it inside `poll`: the polling thread hands it
+//! over and waits ([`Ctx::hand_over`]). Records of a revoked partition polled before the revocation are
+//! dropped with it (the engine drops its queue of them too), so that a re-assigned partition resumes
+//! exactly at the offset its state in Redis says.
+//!
 //! The Python-facing API is the part of confluent-kafka's `Consumer` the engine uses (`subscribe`
 //! with `on_assign`/`on_revoke`, `assign`, `pause`, `resume`, `commit`, `get_watermark_offsets`,
 //! `unsubscribe`, `close`), with confluent-kafka's `TopicPartition` objects, so the rebalance and
@@ -14,7 +22,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -180,7 +189,61 @@ struct Ctx {
     error: Mutex<Option<PyErr>>,
     /// the callback assigned (or unassigned) itself: no default assignment after it
     assigned_in_callback: AtomicBool,
+    shared: Arc<Shared>,
 }
+
+/// What the polling thread and the loop thread share: the records polled and parsed (and any
+/// consumer errors) not handed over yet, and a rebalance the polling thread waits on while the loop
+/// thread runs its Python callback (callbacks run on the engine's thread, as with confluent-kafka).
+#[derive(Default)]
+struct Shared {
+    inbox: Mutex<Inbox>,
+    /// records, errors or a rebalance arrived (the loop thread waits on it)
+    arrived: Condvar,
+    /// a handed-over rebalance ran (the polling thread waits on it)
+    ran: Condvar,
+    /// the polling thread ends after its current poll
+    stop: AtomicBool,
+    /// nobody will run a handed-over rebalance any more (the consumer is dropped)
+    abandon: AtomicBool,
+}
+
+#[derive(Default)]
+struct Inbox {
+    runs: VecDeque<Run>,
+    count: usize,
+    errors: Vec<String>,
+    rebalance: Option<Handoff>,
+    poller: Option<std::thread::ThreadId>,
+    /// revocations run so far, and the partitions of the last one: records of a revoked partition
+    /// polled before it are dropped (the engine drops its queue of them; applying the later ones after
+    /// a re-assignment would skip the dropped ones)
+    revokes: u64,
+    last_revoked: Vec<(String, i32)>,
+}
+
+impl Inbox {
+    /// Drop the records of `parts`' partitions.
+    fn drop_records_of(&mut self, parts: &[(String, i32)]) {
+        self.runs.retain(|r| {
+            !parts
+                .iter()
+                .any(|(t, p)| *p == r.partition && *t == r.topic)
+        });
+        self.count = self.runs.iter().map(|r| r.recs.len()).sum();
+    }
+}
+
+/// A rebalance handed to the loop thread: assignment or revocation, the partitions with their offsets.
+struct Handoff {
+    assign: bool,
+    parts: Vec<(String, i32, i64)>,
+    ran: bool,
+}
+
+/// Records the polling thread parses ahead of the loop thread at most; then it stops polling until the
+/// loop took some (librdkafka's own fetch queue then fills and its fetching pauses).
+const MAX_AHEAD: usize = 50_000;
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -221,8 +284,12 @@ impl ConsumerContext for Ctx {
             &self.on_revoke
         })
         .is_some();
+        let on_poller = locked(&self.shared.inbox).poller == Some(std::thread::current().id());
+        if has_cb && on_poller {
+            self.hand_over(assign, tpl);
+        }
         // (no callback -- e.g. after close, or dropped without it -- needs no Python at all)
-        has_cb.then(|| {
+        (has_cb && !on_poller).then(|| {
             Python::attach(|py| {
                 let cb = locked(if assign {
                     &self.on_assign
@@ -233,7 +300,7 @@ impl ConsumerContext for Ctx {
                 .map(|c| c.clone_ref(py));
                 let owner = locked(&self.owner).as_ref().map(|o| o.clone_ref(py));
                 if let Some(cb) = cb {
-                    let called = to_py_partitions(py, tpl).and_then(|parts| {
+                    let called = to_py_partitions(py, &tpl_parts(tpl)).and_then(|parts| {
                         cb.call1(py, (owner.unwrap_or_else(|| py.None()), parts))
                     });
                     if let Err(e) = called {
@@ -261,19 +328,54 @@ impl ConsumerContext for Ctx {
     }
 }
 
-/// `[TopicPartition(topic, partition, offset)]` (confluent-kafka's class) of a partition list.
+impl Ctx {
+    /// On the polling thread: give the rebalance to the loop thread (`consume_into`, `close`) and wait
+    /// until its callback ran there (or the consumer stops).
+    fn hand_over(&self, assign: bool, tpl: &TopicPartitionList) {
+        let parts = tpl_parts(tpl);
+        let sh = &self.shared;
+        let mut inbox = locked(&sh.inbox);
+        inbox.rebalance = Some(Handoff {
+            assign,
+            parts,
+            ran: false,
+        });
+        sh.arrived.notify_all();
+        while inbox.rebalance.as_ref().is_some_and(|h| !h.ran) && !sh.abandon.load(Ordering::SeqCst)
+        {
+            inbox = sh
+                .ran
+                .wait_timeout(inbox, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        inbox.rebalance = None;
+    }
+}
+
+/// A partition list's (topic, partition, offset)s.
+fn tpl_parts(tpl: &TopicPartitionList) -> Vec<(String, i32, i64)> {
+    tpl.elements()
+        .iter()
+        .map(|e| {
+            let off = e
+                .offset()
+                .to_raw()
+                .unwrap_or(rdsys::RD_KAFKA_OFFSET_INVALID as i64);
+            (e.topic().to_string(), e.partition(), off)
+        })
+        .collect()
+}
+
+/// `[TopicPartition(topic, partition, offset)]` (confluent-kafka's class).
 fn to_py_partitions<'py>(
     py: Python<'py>,
-    tpl: &TopicPartitionList,
+    parts: &[(String, i32, i64)],
 ) -> PyResult<Bound<'py, PyList>> {
     let cls = py.import("confluent_kafka")?.getattr("TopicPartition")?;
     let out = PyList::empty(py);
-    for e in tpl.elements() {
-        let off = e
-            .offset()
-            .to_raw()
-            .unwrap_or(rdsys::RD_KAFKA_OFFSET_INVALID as i64);
-        out.append(cls.call1((e.topic(), e.partition(), off))?)?;
+    for (topic, partition, off) in parts {
+        out.append(cls.call1((topic, *partition, *off))?)?;
     }
     Ok(out)
 }
@@ -307,15 +409,103 @@ fn kafka_err(what: &str, e: KafkaError) -> PyErr {
 /// `consume_into`, which fills the engine's partition queues.
 #[pyclass(module = "rewardloop_outer_native", frozen)]
 pub struct NativeConsumer {
-    consumer: BaseConsumer<Ctx>,
+    consumer: Arc<BaseConsumer<Ctx>>,
+    shared: Arc<Shared>,
+    /// the thread that polls librdkafka and parses (started by the first `consume_into`)
+    poller: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
 }
 
-/// What one consumed record goes to: a queue's records of this poll, in order.
+/// Consecutive records of one (topic, partition), in order.
 struct Run {
     topic: String,
     partition: i32,
     recs: Vec<Rec>,
+}
+
+/// Append a record to the last run, or start a run when it is another partition's.
+fn push_rec(runs: &mut VecDeque<Run>, topic: &str, partition: i32, rec: Rec) {
+    match runs.back_mut() {
+        Some(run) if run.partition == partition && run.topic == topic => run.recs.push(rec),
+        _ => runs.push_back(Run {
+            topic: topic.to_string(),
+            partition,
+            recs: vec![rec],
+        }),
+    }
+}
+
+/// The polling thread: polls librdkafka (a rebalance is handed to the loop thread inside the poll,
+/// [`Ctx::hand_over`]), parses the records of `action_topic` and hands them over a batch at a time.
+/// Why a thread: polling and parsing were ~9 % of the loop thread at 10^5 events/s (py-spy), work that
+/// needs neither the GIL nor the engine's state.
+fn poll_loop(consumer: Arc<BaseConsumer<Ctx>>, shared: Arc<Shared>, action_topic: String) {
+    locked(&shared.inbox).poller = Some(std::thread::current().id());
+    let mut runs: VecDeque<Run> = VecDeque::new();
+    let mut errors: Vec<String> = Vec::new();
+    while !shared.stop.load(Ordering::SeqCst) {
+        if locked(&shared.inbox).count >= MAX_AHEAD {
+            std::thread::sleep(Duration::from_millis(2)); // the loop thread is behind: let it catch up
+            continue;
+        }
+        let mut n = 0usize;
+        let mut wait = Duration::from_millis(100);
+        while n < 1000 {
+            let revokes = locked(&shared.inbox).revokes;
+            let polled = consumer.poll(wait);
+            {
+                // a revocation ran inside that poll: what this batch holds of its partitions is stale
+                let inbox = locked(&shared.inbox);
+                if inbox.revokes != revokes {
+                    let gone = &inbox.last_revoked;
+                    for run in runs.iter_mut() {
+                        if gone
+                            .iter()
+                            .any(|(t, p)| *p == run.partition && *t == run.topic)
+                        {
+                            n -= run.recs.len();
+                            run.recs.clear();
+                        }
+                    }
+                    runs.retain(|r| !r.recs.is_empty());
+                }
+            }
+            let Some(r) = polled else { break };
+            wait = Duration::ZERO;
+            match r {
+                Ok(m) => {
+                    let ts = match m.timestamp() {
+                        Timestamp::NotAvailable => (0, -1),
+                        Timestamp::CreateTime(t) => (1, t),
+                        Timestamp::LogAppendTime(t) => (2, t),
+                    };
+                    let rec = Rec {
+                        offset: m.offset(),
+                        ts,
+                        body: body(m.payload(), m.topic() == action_topic),
+                    };
+                    push_rec(&mut runs, m.topic(), m.partition(), rec);
+                    n += 1;
+                }
+                Err(KafkaError::PartitionEOF(_)) => {}
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if n > 0 || !errors.is_empty() {
+            let mut inbox = locked(&shared.inbox);
+            for run in runs.drain(..) {
+                inbox.count += run.recs.len();
+                match inbox.runs.back_mut() {
+                    Some(last) if last.partition == run.partition && last.topic == run.topic => {
+                        last.recs.extend(run.recs)
+                    }
+                    _ => inbox.runs.push_back(run),
+                }
+            }
+            inbox.errors.append(&mut errors);
+            shared.arrived.notify_all();
+        }
+    }
 }
 
 #[pymethods]
@@ -323,33 +513,49 @@ impl NativeConsumer {
     /// `config`: librdkafka properties, as for confluent-kafka's `Consumer` (a `logger` is ignored).
     #[new]
     fn new(config: HashMap<String, Bound<'_, PyAny>>) -> PyResult<Self> {
+        let shared = Arc::new(Shared::default());
+        let ctx = Ctx {
+            shared: Arc::clone(&shared),
+            ..Ctx::default()
+        };
         let consumer = client_config(config)?
-            .create_with_context(Ctx::default())
+            .create_with_context(ctx)
             .map_err(|e| PyValueError::new_err(format!("consumer config: {e}")))?;
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
+            shared,
+            poller: Mutex::new(None),
             closed: AtomicBool::new(false),
         })
     }
 
+    /// (Re)subscribe. The polling thread is stopped first (a rebalance it hands over meanwhile runs
+    /// here) and started again by the next `consume_into`: librdkafka's subscribe and unsubscribe
+    /// must not wait on a rebalance whose callback waits for this very thread.
     #[pyo3(signature = (topics, on_assign=None, on_revoke=None))]
     fn subscribe(
-        &self,
+        slf: &Bound<'_, Self>,
         topics: Vec<String>,
         on_assign: Option<Py<PyAny>>,
         on_revoke: Option<Py<PyAny>>,
     ) -> PyResult<()> {
-        let ctx = self.consumer.context();
+        let this = slf.get();
+        this.stop_poller(Some(slf))?;
+        let ctx = this.consumer.context();
         *locked(&ctx.on_assign) = on_assign;
         *locked(&ctx.on_revoke) = on_revoke;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        self.consumer
+        this.consumer
             .subscribe(&names)
             .map_err(|e| kafka_err("subscribe", e))
     }
 
-    fn unsubscribe(&self) {
-        self.consumer.unsubscribe();
+    /// Leave the subscription (the revocation's callback runs in a later `consume_into`).
+    fn unsubscribe(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        this.stop_poller(Some(slf))?;
+        this.consumer.unsubscribe();
+        Ok(())
     }
 
     fn assign(&self, partitions: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -430,14 +636,15 @@ impl NativeConsumer {
         Ok((lo, hi))
     }
 
-    /// Consume up to `n` records into `queues` (`{(topic, partition): RecordQueue}`; a missing queue
-    /// is created): what librdkafka has fetched already, without waiting; when it has none, wait at
-    /// most `timeout` seconds for the first (without the GIL) and take what came with it. Records of
-    /// `action_topic` are parsed as reward events here (from librdkafka's buffer, no copy of the
-    /// value); the others, and those the parser declines, keep their value for the Python path.
+    /// Take up to `n` records into `queues` (`{(topic, partition): RecordQueue}`; a missing queue is
+    /// created): what the polling thread has parsed already, without waiting; when it has none, wait
+    /// at most `timeout` seconds (without the GIL) and take what came. The polling thread (started by
+    /// the first call) parses the records of `action_topic` as reward events from librdkafka's buffer;
+    /// the others, and those the parser declines, keep their value for the Python path.
     ///
     /// Returns `(records, [(topic, partition)] of the queues that got some, [consumer errors])`.
-    /// Rebalance callbacks run inside (an exception in one is raised here, after the poll).
+    /// A rebalance runs its Python callback here, on the calling thread (an exception in it is raised
+    /// here, after the polling thread was let go on).
     #[allow(clippy::type_complexity)]
     fn consume_into(
         slf: &Bound<'_, Self>,
@@ -448,55 +655,14 @@ impl NativeConsumer {
     ) -> PyResult<(usize, Vec<(String, i32)>, Vec<String>)> {
         let py = slf.py();
         let this = slf.get();
-        let ctx = this.consumer.context();
-        *locked(&ctx.owner) = Some(slf.clone().into_any().unbind());
-        let mut runs: Vec<Run> = Vec::new();
-        let mut errors = Vec::new();
-        let mut count = 0usize;
-        let wait = Duration::from_secs_f64(timeout.max(0.0));
-        while count < n {
-            let polled = if count == 0 && runs.is_empty() && errors.is_empty() {
-                match this.consumer.poll(Duration::ZERO) {
-                    None if !wait.is_zero() => py.detach(|| this.consumer.poll(wait)),
-                    r => r,
-                }
-            } else {
-                this.consumer.poll(Duration::ZERO)
-            };
-            let Some(r) = polled else { break };
-            let m = match r {
-                Ok(m) => m,
-                Err(KafkaError::PartitionEOF(_)) => continue,
-                Err(e) => {
-                    errors.push(e.to_string());
-                    continue;
-                }
-            };
-            count += 1;
-            let ts = match m.timestamp() {
-                Timestamp::NotAvailable => (0, -1),
-                Timestamp::CreateTime(t) => (1, t),
-                Timestamp::LogAppendTime(t) => (2, t),
-            };
-            let rec = Rec {
-                offset: m.offset(),
-                ts,
-                body: body(m.payload(), m.topic() == action_topic),
-            };
-            match runs.last_mut() {
-                Some(run) if run.partition == m.partition() && run.topic == m.topic() => {
-                    run.recs.push(rec)
-                }
-                _ => runs.push(Run {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    recs: vec![rec],
-                }),
-            }
-        }
-        *locked(&ctx.owner) = None;
-        if let Some(e) = locked(&ctx.error).take() {
-            return Err(e);
+        this.start_poller(action_topic)?;
+        Self::run_handoff(slf)?;
+        let (mut count, mut runs, mut errors) = this.take(n);
+        if count == 0 && errors.is_empty() && timeout > 0.0 {
+            let wait = Duration::from_secs_f64(timeout);
+            py.detach(|| this.wait_for_arrival(wait));
+            Self::run_handoff(slf)?;
+            (count, runs, errors) = this.take(n);
         }
         let mut touched: Vec<(String, i32)> = Vec::new();
         for run in runs {
@@ -526,6 +692,7 @@ impl NativeConsumer {
                 touched.push((run.topic, run.partition));
             }
         }
+        errors.shrink_to_fit();
         Ok((count, touched, errors))
     }
 
@@ -535,6 +702,7 @@ impl NativeConsumer {
         if this.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        this.stop_poller(Some(slf))?;
         let ctx = this.consumer.context();
         *locked(&ctx.owner) = Some(slf.clone().into_any().unbind());
         let closed = this.consumer.close_queue();
@@ -560,8 +728,127 @@ impl Drop for NativeConsumer {
     /// Dropped without `close` (a test, an error on the way up): BaseConsumer's own drop leaves the
     /// group, without calling back into Python.
     fn drop(&mut self) {
+        self.shared.abandon.store(true, Ordering::SeqCst);
+        let _ = self.stop_poller(None);
         let ctx = self.consumer.context();
         *locked(&ctx.on_assign) = None;
         *locked(&ctx.on_revoke) = None;
+    }
+}
+
+impl NativeConsumer {
+    fn start_poller(&self, action_topic: &str) -> PyResult<()> {
+        let mut poller = locked(&self.poller);
+        if poller.is_none() && !self.closed.load(Ordering::SeqCst) {
+            let (consumer, shared) = (Arc::clone(&self.consumer), Arc::clone(&self.shared));
+            let topic = action_topic.to_string();
+            let handle = std::thread::Builder::new()
+                .name("outer-consumer".into())
+                .spawn(move || poll_loop(consumer, shared, topic))
+                .map_err(|e| PyRuntimeError::new_err(format!("consumer thread: {e}")))?;
+            *poller = Some(handle);
+        }
+        Ok(())
+    }
+
+    /// End the polling thread; with `slf` (the loop thread, `close`) a rebalance it hands over
+    /// meanwhile runs here first (an exception in its callback is raised after the thread ended).
+    fn stop_poller(&self, slf: Option<&Bound<'_, Self>>) -> PyResult<()> {
+        let Some(handle) = locked(&self.poller).take() else {
+            return Ok(());
+        };
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let mut failed = None;
+        while !handle.is_finished() {
+            match slf {
+                Some(slf) => {
+                    if let Err(e) = Self::run_handoff(slf) {
+                        failed.get_or_insert(e);
+                    }
+                    slf.py()
+                        .detach(|| std::thread::sleep(Duration::from_millis(5)));
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        let _ = handle.join();
+        locked(&self.shared.inbox).poller = None;
+        self.shared.stop.store(false, Ordering::SeqCst); // a later consume_into starts it again
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Run the Python callback of a rebalance the polling thread handed over (if one waits), then
+    /// let the polling thread go on.
+    fn run_handoff(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let (py, this) = (slf.py(), slf.get());
+        let sh = &this.shared;
+        let pending = locked(&sh.inbox)
+            .rebalance
+            .as_ref()
+            .filter(|h| !h.ran)
+            .map(|h| (h.assign, h.parts.clone()));
+        let Some((assign, parts)) = pending else {
+            return Ok(());
+        };
+        let ctx = this.consumer.context();
+        let cb = locked(if assign {
+            &ctx.on_assign
+        } else {
+            &ctx.on_revoke
+        })
+        .as_ref()
+        .map(|c| c.clone_ref(py));
+        let called = match cb {
+            Some(cb) => to_py_partitions(py, &parts)
+                .and_then(|ps| cb.call1(py, (slf.clone(), ps)))
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        let mut inbox = locked(&sh.inbox);
+        if let Some(h) = inbox.rebalance.as_mut() {
+            h.ran = true;
+        }
+        if !assign {
+            let revoked: Vec<(String, i32)> = parts.into_iter().map(|(t, p, _)| (t, p)).collect();
+            inbox.drop_records_of(&revoked);
+            inbox.last_revoked = revoked;
+            inbox.revokes += 1;
+        }
+        sh.ran.notify_all();
+        called
+    }
+
+    /// Up to `n` of the records handed over (whole runs, the last one split), and the errors.
+    fn take(&self, n: usize) -> (usize, Vec<Run>, Vec<String>) {
+        let mut inbox = locked(&self.shared.inbox);
+        let mut out = Vec::new();
+        let mut count = 0;
+        while count < n {
+            let Some(mut run) = inbox.runs.pop_front() else {
+                break;
+            };
+            if count + run.recs.len() > n {
+                let rest = run.recs.split_off(n - count);
+                inbox.runs.push_front(Run {
+                    topic: run.topic.clone(),
+                    partition: run.partition,
+                    recs: rest,
+                });
+            }
+            count += run.recs.len();
+            out.push(run);
+        }
+        inbox.count -= count;
+        (count, out, std::mem::take(&mut inbox.errors))
+    }
+
+    /// Wait at most `wait` for records, errors or a rebalance to run.
+    fn wait_for_arrival(&self, wait: Duration) {
+        let sh = &self.shared;
+        let inbox = locked(&sh.inbox);
+        let idle = |i: &mut Inbox| {
+            i.count == 0 && i.errors.is_empty() && i.rebalance.as_ref().is_none_or(|h| h.ran)
+        };
+        let _ = sh.arrived.wait_timeout_while(inbox, wait, idle);
     }
 }
