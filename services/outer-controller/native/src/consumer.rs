@@ -291,21 +291,11 @@ impl ConsumerContext for Ctx {
         // (no callback -- e.g. after close, or dropped without it -- needs no Python at all)
         (has_cb && !on_poller).then(|| {
             Python::attach(|py| {
-                let cb = locked(if assign {
-                    &self.on_assign
-                } else {
-                    &self.on_revoke
-                })
-                .as_ref()
-                .map(|c| c.clone_ref(py));
-                let owner = locked(&self.owner).as_ref().map(|o| o.clone_ref(py));
-                if let Some(cb) = cb {
-                    let called = to_py_partitions(py, &tpl_parts(tpl)).and_then(|parts| {
-                        cb.call1(py, (owner.unwrap_or_else(|| py.None()), parts))
-                    });
-                    if let Err(e) = called {
-                        locked(&self.error).get_or_insert(e);
-                    }
+                let owner = locked(&self.owner)
+                    .as_ref()
+                    .map_or_else(|| py.None(), |o| o.clone_ref(py));
+                if let Err(e) = self.run_callback(py, assign, owner, &tpl_parts(tpl)) {
+                    locked(&self.error).get_or_insert(e);
                 }
             })
         });
@@ -329,6 +319,29 @@ impl ConsumerContext for Ctx {
 }
 
 impl Ctx {
+    /// Run the rebalance's Python callback (if one is set) with the consumer object and the partitions.
+    fn run_callback(
+        &self,
+        py: Python<'_>,
+        assign: bool,
+        owner: Py<PyAny>,
+        parts: &[(String, i32, i64)],
+    ) -> PyResult<()> {
+        let cb = locked(if assign {
+            &self.on_assign
+        } else {
+            &self.on_revoke
+        })
+        .as_ref()
+        .map(|c| c.clone_ref(py));
+        match cb {
+            Some(cb) => to_py_partitions(py, parts)
+                .and_then(|ps| cb.call1(py, (owner, ps)))
+                .map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     /// On the polling thread: give the rebalance to the loop thread (`consume_into`, `close`) and wait
     /// until its callback ran there (or the consumer stops).
     fn hand_over(&self, assign: bool, tpl: &TopicPartitionList) {
@@ -790,20 +803,11 @@ impl NativeConsumer {
         let Some((assign, parts)) = pending else {
             return Ok(());
         };
-        let ctx = this.consumer.context();
-        let cb = locked(if assign {
-            &ctx.on_assign
-        } else {
-            &ctx.on_revoke
-        })
-        .as_ref()
-        .map(|c| c.clone_ref(py));
-        let called = match cb {
-            Some(cb) => to_py_partitions(py, &parts)
-                .and_then(|ps| cb.call1(py, (slf.clone(), ps)))
-                .map(|_| ()),
-            None => Ok(()),
-        };
+        let owner = slf.clone().into_any().unbind();
+        let called = this
+            .consumer
+            .context()
+            .run_callback(py, assign, owner, &parts);
         let mut inbox = locked(&sh.inbox);
         if let Some(h) = inbox.rebalance.as_mut() {
             h.ran = true;
