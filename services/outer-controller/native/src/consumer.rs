@@ -179,8 +179,9 @@ impl Record {
 }
 
 /// The Python side of a rebalance: the callbacks `subscribe` was given, the consumer object to pass
-/// them (set only while a poll runs: a reference from the context to its owner would be a cycle), and
-/// what went wrong in them (raised from the poll that ran them, as confluent-kafka does).
+/// them when they run inside a poll on the calling thread (`close`; set only meanwhile: a reference
+/// from the context to its owner would be a cycle) and what went wrong in them then (raised from
+/// `close`, as confluent-kafka does); the polling thread hands its rebalances over ([`Ctx::hand_over`]).
 #[derive(Default)]
 struct Ctx {
     on_assign: Mutex<Option<Py<PyAny>>>,
@@ -225,12 +226,7 @@ struct Inbox {
 impl Inbox {
     /// Drop the records of `parts`' partitions.
     fn drop_records_of(&mut self, parts: &[(String, i32)]) {
-        self.runs.retain(|r| {
-            !parts
-                .iter()
-                .any(|(t, p)| *p == r.partition && *t == r.topic)
-        });
-        self.count = self.runs.iter().map(|r| r.recs.len()).sum();
+        self.count -= drop_runs_of(&mut self.runs, parts);
     }
 }
 
@@ -436,10 +432,37 @@ struct Run {
     recs: Vec<Rec>,
 }
 
+impl Run {
+    fn is(&self, topic: &str, partition: i32) -> bool {
+        self.partition == partition && self.topic == topic
+    }
+}
+
+/// Drop the runs of `parts`' partitions; how many records they held.
+fn drop_runs_of(runs: &mut VecDeque<Run>, parts: &[(String, i32)]) -> usize {
+    let mut dropped = 0;
+    runs.retain(|r| {
+        let gone = parts.iter().any(|(t, p)| r.is(t, *p));
+        if gone {
+            dropped += r.recs.len();
+        }
+        !gone
+    });
+    dropped
+}
+
+/// Append a run's records to the last run when it is the same partition's, else start a new one.
+fn push_run(runs: &mut VecDeque<Run>, run: Run) {
+    match runs.back_mut() {
+        Some(last) if last.is(&run.topic, run.partition) => last.recs.extend(run.recs),
+        _ => runs.push_back(run),
+    }
+}
+
 /// Append a record to the last run, or start a run when it is another partition's.
 fn push_rec(runs: &mut VecDeque<Run>, topic: &str, partition: i32, rec: Rec) {
     match runs.back_mut() {
-        Some(run) if run.partition == partition && run.topic == topic => run.recs.push(rec),
+        Some(run) if run.is(topic, partition) => run.recs.push(rec),
         _ => runs.push_back(Run {
             topic: topic.to_string(),
             partition,
@@ -470,17 +493,7 @@ fn poll_loop(consumer: Arc<BaseConsumer<Ctx>>, shared: Arc<Shared>, action_topic
                 // a revocation ran inside that poll: what this batch holds of its partitions is stale
                 let inbox = locked(&shared.inbox);
                 if inbox.revokes != revokes {
-                    let gone = &inbox.last_revoked;
-                    for run in runs.iter_mut() {
-                        if gone
-                            .iter()
-                            .any(|(t, p)| *p == run.partition && *t == run.topic)
-                        {
-                            n -= run.recs.len();
-                            run.recs.clear();
-                        }
-                    }
-                    runs.retain(|r| !r.recs.is_empty());
+                    n -= drop_runs_of(&mut runs, &inbox.last_revoked);
                 }
             }
             let Some(r) = polled else { break };
@@ -508,12 +521,7 @@ fn poll_loop(consumer: Arc<BaseConsumer<Ctx>>, shared: Arc<Shared>, action_topic
             let mut inbox = locked(&shared.inbox);
             for run in runs.drain(..) {
                 inbox.count += run.recs.len();
-                match inbox.runs.back_mut() {
-                    Some(last) if last.partition == run.partition && last.topic == run.topic => {
-                        last.recs.extend(run.recs)
-                    }
-                    _ => inbox.runs.push_back(run),
-                }
+                push_run(&mut inbox.runs, run);
             }
             inbox.errors.append(&mut errors);
             shared.arrived.notify_all();
@@ -697,15 +705,11 @@ impl NativeConsumer {
                     q
                 }
             };
-            q.get().lock().extend(run.recs);
-            if !touched
-                .iter()
-                .any(|(t, p)| *p == run.partition && *t == run.topic)
-            {
-                touched.push((run.topic, run.partition));
+            if !touched.iter().any(|(t, p)| run.is(t, *p)) {
+                touched.push((run.topic.clone(), run.partition));
             }
+            q.get().lock().extend(run.recs);
         }
-        errors.shrink_to_fit();
         Ok((count, touched, errors))
     }
 
