@@ -311,7 +311,7 @@ def lag_phase(
     ctl.checkpoint()
     ctl.shutdown()
     lag = sorted(lag for _, lag in ctl.lag_samples)
-    pct = lambda q: lag[min(len(lag) - 1, int(q * len(lag)))] if lag else None  # noqa: E731
+    pct = lambda q: percentile(lag, q)  # noqa: E731
     return {
         "rate_per_s": rate,
         "samples": len(lag),
@@ -331,6 +331,11 @@ def lag_phase(
     }
 
 
+def percentile(ordered: list[int], q: float) -> int | None:
+    """The ``q``-quantile of an ascending list (``None`` when it is empty)."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+
+
 def p99_per_second(samples: list[tuple[int, int]]) -> list[int]:
     """The lag P99 of the records that landed in each second of the phase (from its first landing):
     whether a phase's P99 came from a few bursts (a slow checkpoint, a collection) or from a backlog
@@ -343,8 +348,7 @@ def p99_per_second(samples: list[tuple[int, int]]) -> list[int]:
         per.setdefault((t - t0) // 1000, []).append(lag)
     out = []
     for sec in range(max(per) + 1):
-        lags = sorted(per.get(sec, []))
-        out.append(lags[min(len(lags) - 1, int(0.99 * len(lags)))] if lags else 0)
+        out.append(percentile(sorted(per.get(sec, [])), 0.99) or 0)
     return out
 
 
