@@ -6,13 +6,13 @@ test-sized world: sessions close after a few seconds of inactivity and weights u
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from rewardloop_common.testing import local_stack
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,23 +53,10 @@ class Stack:
     batch_sessions: int
 
 
-def _stack_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(E2E_ENV)
-    return env
-
-
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    env = _stack_env()
-    subprocess.run(["bash", str(REPO / "deploy/local/stop.sh")], env=env, check=False)
     # a clean slate each run: topics, Redis data and the consumer group are the test's own
-    subprocess.run(
-        ["rm", "-rf", *(env["RUN_DIR"] + d for d in ("/kafka-data", "/redis", "/spool"))], check=False
-    )
-    started = subprocess.run(["bash", str(REPO / "deploy/local/start.sh")], env=env)
-    try:
-        assert started.returncode == 0, f"deploy/local/start.sh failed; logs in {env['RUN_DIR']}/logs"
+    with local_stack(REPO, E2E_ENV, wipe=("kafka-data", "redis", "spool")) as env:
         yield Stack(
             grpc_addr=env["INNER_REWARD_GRPC_ADDR"],
             gateway_url=f"http://127.0.0.1:{env['GATEWAY_PORT']}",
@@ -81,5 +68,3 @@ def stack() -> Iterator[Stack]:
             gap_s=float(env["OUTER_SESSION_GAP_SECONDS"]),
             batch_sessions=int(env["OUTER_UPDATE_BATCH_SESSIONS"]),
         )
-    finally:
-        subprocess.run(["bash", str(REPO / "deploy/local/stop.sh")], env=env, check=False)

@@ -11,7 +11,6 @@ always stopped afterwards. Takes about a minute and a half.
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import time
 import uuid
@@ -22,6 +21,8 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+
+from rewardloop_common.testing import local_stack
 
 from .dashboards import Target, targets
 
@@ -67,26 +68,14 @@ class OpsStack:
 
 @pytest.fixture(scope="module")
 def ops_stack() -> Iterator[OpsStack]:
-    env = {**os.environ, **OPS_ENV}
-    stop = ["bash", str(REPO / "deploy/local/stop.sh")]
-    subprocess.run(stop, env=env, check=False, capture_output=True)
     # a clean slate: Kafka, Redis, spool and the Prometheus TSDB are this test's own
-    run_dir = env["RUN_DIR"]
-    subprocess.run(
-        ["rm", "-rf", *(f"{run_dir}/{d}" for d in ("kafka-data", "redis", "spool", "prometheus/data"))],
-        check=False,
-    )
-    try:
-        started = subprocess.run(["bash", str(REPO / "deploy/local/start.sh")], env=env)
-        assert started.returncode == 0, f"deploy/local/start.sh failed; logs in {run_dir}/logs"
+    with local_stack(REPO, OPS_ENV, wipe=("kafka-data", "redis", "spool", "prometheus/data")) as env:
         yield OpsStack(
             env=env,
             prometheus=f"http://127.0.0.1:{env['PROMETHEUS_PORT']}",
             gateway=f"http://127.0.0.1:{env['GATEWAY_PORT']}",
             grpc_addr=env["INNER_REWARD_GRPC_ADDR"],
         )
-    finally:
-        subprocess.run(stop, env=env, check=False)
 
 
 def _query(prometheus: str, promql: str) -> tuple[int, str | None]:

@@ -35,9 +35,7 @@ import json
 import multiprocessing
 import os
 import random
-import shutil
 import statistics
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,7 +49,7 @@ from prometheus_client import CollectorRegistry
 
 from rewardloop_common.admin import create_topics
 from rewardloop_common.kafka import encode_json
-from rewardloop_common.testing import make_reward_event
+from rewardloop_common.testing import local_stack, make_reward_event
 from rewardloop_common.weights_store import WeightsStore
 from rewardloop_outer.engine import (
     DurableController,
@@ -397,28 +395,13 @@ def throughput_phase(
 @contextmanager
 def bench_stack(components: str = "redis kafka", keep: bool = False) -> Iterator[None]:
     """The benches' Kafka and/or Redis (``components``), started by deploy/local/start.sh with
-    ``ENV``'s RUN_DIR and ports on a fresh slate, and stopped afterwards unless ``keep``; raises when
-    they do not start."""
-    env = {**os.environ, **ENV, "STACK_COMPONENTS": components}
-    stop = ["bash", str(REPO / "deploy/local/stop.sh")]
-    subprocess.run(stop, env=env, check=False, capture_output=True)
+    ``ENV``'s RUN_DIR and ports, and stopped afterwards unless ``keep``; raises
+    ``LocalStackError`` when they do not start."""
     # a fresh broker and Redis every run: state left by earlier runs (GBs of topics, an append-only file
     # Redis reloads at start) made runs slower one after the other
-    for name, sub in (("redis", "redis"), ("kafka", "kafka-data")):
-        if name in components.split():
-            shutil.rmtree(Path(ENV["RUN_DIR"]) / sub, ignore_errors=True)
-    started = subprocess.run(
-        ["bash", str(REPO / "deploy/local/start.sh")], env=env, capture_output=True, text=True
-    )
-    if started.returncode != 0:
-        raise RuntimeError(
-            f"the bench stack did not start:\n{started.stdout[-2000:]}\n{started.stderr[-2000:]}"
-        )
-    try:
+    wipe = [sub for name, sub in (("redis", "redis"), ("kafka", "kafka-data")) if name in components.split()]
+    with local_stack(REPO, {**ENV, "STACK_COMPONENTS": components}, wipe, keep=keep):
         yield
-    finally:
-        if not keep:
-            subprocess.run(stop, env=env, check=False, capture_output=True)
 
 
 @contextmanager

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +11,7 @@ import pytest
 from test_service import _record
 
 from rewardloop_common.kafka import make_producer
+from rewardloop_common.testing import LocalStackError, local_stack
 from rewardloop_outer.credit import GatedAttentionModel
 from rewardloop_trainer.__main__ import main
 
@@ -32,23 +30,11 @@ KAFKA_ENV = {
 def kafka_bootstrap() -> Iterator[str]:
     """A broker on a clean slate, stopped after the module. Fails (never skips) when it cannot start,
     e.g. the Kafka jars are missing: run deploy/local/install.sh."""
-    env = {**os.environ, **KAFKA_ENV}
-    stop = ["bash", str(REPO / "deploy/local/stop.sh")]
-    subprocess.run(stop, env=env, check=False, timeout=120, capture_output=True)
-    shutil.rmtree(Path(KAFKA_ENV["RUN_DIR"]) / "kafka-data", ignore_errors=True)
-    started = subprocess.run(
-        ["bash", str(REPO / "deploy/local/start.sh")], env=env, timeout=300, capture_output=True, text=True
-    )
     try:
-        if started.returncode != 0:
-            pytest.fail(
-                f"could not start Kafka (deploy/local/start.sh, RUN_DIR={KAFKA_ENV['RUN_DIR']}):\n"
-                f"{started.stdout[-2000:]}\n{started.stderr[-3000:]}",
-                pytrace=False,
-            )
-        yield f"127.0.0.1:{KAFKA_ENV['KAFKA_PORT']}"
-    finally:
-        subprocess.run(stop, env=env, check=False, timeout=180, capture_output=True)
+        with local_stack(REPO, KAFKA_ENV, wipe=("kafka-data",)):
+            yield f"127.0.0.1:{KAFKA_ENV['KAFKA_PORT']}"
+    except LocalStackError as exc:
+        pytest.fail(f"could not start Kafka: {exc}", pytrace=False)
 
 
 @pytest.mark.integration

@@ -1,9 +1,12 @@
-"""Test helpers shared by the packages' test suites (not used at run time).
+"""Test helpers shared by the packages' test suites and benchmarks (not used at run time).
 
 :class:`RedisServer` starts a throw-away ``redis-server`` (no persistence) on a free port::
 
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
+
+:func:`local_stack` runs the repository's own ``deploy/local/start.sh`` (real Kafka, Redis, the
+services) on ports and a RUN_DIR of the caller's, on a clean slate.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from types import TracebackType
 
 from .events import KpiEvent, RewardEvent, SessionKpi, SessionRecord, SessionStep
@@ -110,6 +116,49 @@ class RedisServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class LocalStackError(RuntimeError):
+    """``deploy/local/start.sh`` failed; the message has the tail of its output."""
+
+
+@contextmanager
+def local_stack(
+    repo: Path,
+    env: Mapping[str, str],
+    wipe: Sequence[str] = ("kafka-data", "redis"),
+    *,
+    keep: bool = False,
+    timeout_s: float = 300,
+) -> Iterator[dict[str, str]]:
+    """The local stack (``deploy/local/start.sh`` of ``repo``) with ``env`` on top of the process's
+    environment -- RUN_DIR, ports, STACK_COMPONENTS -- on a clean slate: whatever an earlier run left
+    in that RUN_DIR is stopped and its ``wipe`` folders (state: topics, Redis data, spool) removed
+    first. Yields the environment it ran with; stops the stack afterwards unless ``keep``. Raises
+    :class:`LocalStackError` when it does not start (e.g. the Kafka jars are missing: run
+    deploy/local/install.sh)."""
+    full = {**os.environ, **env}
+    stop = ["bash", str(repo / "deploy/local/stop.sh")]
+    subprocess.run(stop, env=full, check=False, capture_output=True, timeout=180)
+    for sub in wipe:
+        shutil.rmtree(Path(full["RUN_DIR"]) / sub, ignore_errors=True)
+    started = subprocess.run(
+        ["bash", str(repo / "deploy/local/start.sh")],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    try:
+        if started.returncode != 0:
+            raise LocalStackError(
+                f"deploy/local/start.sh failed (RUN_DIR={full['RUN_DIR']}, logs in its logs/):\n"
+                f"{started.stdout[-2000:]}\n{started.stderr[-3000:]}"
+            )
+        yield full
+    finally:
+        if not keep:
+            subprocess.run(stop, env=full, check=False, capture_output=True, timeout=180)
 
 
 class FakeAsyncProducer:
