@@ -111,6 +111,26 @@ def test_exploration_document_is_published_with_the_weights(store: WeightsStore)
     assert store.get("default").weights == new
 
 
+def test_the_exploration_centre_follows_weights_moved_by_another_writer(store: WeightsStore) -> None:
+    """The per-session check is skipped while the cached weights are the ones last checked; weights
+    another writer pushed are checked (and the grid re-centred) once the cache has them."""
+    t = tuner(store)
+    t.maybe_publish_exploration("default")
+    v1 = store.get_exploration("default").version  # type: ignore[union-attr]
+    admin = action_weights([1, 1, 1], 10)
+    store.push("default", admin, source="gateway", reason="admin re-targeting")
+    t.maybe_publish_exploration("default")  # still the cached built-ins: nothing to do
+    assert store.get_exploration("default").version == v1  # type: ignore[union-attr]
+    t._wcache.clear()  # the 5-second cache expired
+    t.maybe_publish_exploration("default")
+    doc = store.get_exploration("default")
+    assert doc is not None and doc.version == v1 + 1
+    assert encode_action([1, 1, 1], 10) in {a.id for a in doc.actions}
+    t._wcache.clear()  # re-read, the same weights: no new version
+    t.maybe_publish_exploration("default")
+    assert store.get_exploration("default").version == v1 + 1  # type: ignore[union-attr]
+
+
 def _session(i: int, explore: int | None, prob: float, clicks: int, value: float) -> SessionRecord:
     steps = [
         make_session_step(t, session=f"u{i}", item_id="i", position=t, clicked=t < clicks, dwell_seconds=5.0)

@@ -3,6 +3,7 @@ current point, the Pareto frontier and bounded labels."""
 
 from __future__ import annotations
 
+import random
 from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry
@@ -83,3 +84,36 @@ def test_the_frontier_is_recomputed_at_most_once_per_interval() -> None:
     t.add(_rec(1, clicks=0, dwell=0.0, value=0.0), SimpleNamespace(explore_action=3))
     assert _get(m, "rewardloop_outer_tradeoff_pareto", "1", "2") == 1.0
     assert _get(m, "rewardloop_outer_tradeoff_pareto", "1", "1") == 0.0
+
+
+def _samples(m: OuterMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in m.registry.collect()
+        if fam.name.startswith("rewardloop_outer_tradeoff")
+        for s in fam.samples
+    }
+
+
+def test_add_points_is_add_point_in_order() -> None:
+    """The native close hands its points over in bulk (``add_points``): the same windows, current point,
+    evictions and gauges as one ``add_point`` per session -- runs of one key (the common case), key
+    changes, a newer version becoming current and points evicted mid-batch included."""
+    rng = random.Random(3)
+    points: list[tuple[int, int | None, float, float, float]] = []
+    version = 1
+    while len(points) < 400:
+        version = max(1, version + rng.choice([-1, 0, 0, 1]))
+        action = None if rng.random() < 0.6 else rng.randrange(8)
+        for _ in range(rng.randint(1, 30)):
+            points.append((version, action, float(rng.randint(0, 4)), rng.random() * 60, rng.random()))
+    one, bulk = OuterMetrics(CollectorRegistry()), OuterMetrics(CollectorRegistry())
+    t1 = TradeoffTracker(one, window=7, max_points=5, pareto_interval_s=0.0)
+    t2 = TradeoffTracker(bulk, window=7, max_points=5, pareto_interval_s=0.0)
+    for p in points:
+        t1.add_point(*p)
+    t2.add_points(points[:150])
+    t2.add_points(points[150:])
+    assert list(t2.points.items()) == list(t1.points.items()) and len(t1.points) == 5
+    assert (t2.current, t2._newest_version) == (t1.current, t1._newest_version)
+    assert _samples(bulk) == _samples(one) and len(_samples(one)) > 20

@@ -729,9 +729,7 @@ class DurableController:
             m.observe_credit(ctx.credit.name, (), n_sessions)
         if n_amended:
             m.amendments.inc(n_amended)
-        add_point = self.tradeoff.add_point
-        for p in points:
-            add_point(*p)
+        self.tradeoff.add_points(points)
         fresh_baselines.update(fresh)
         if rest:  # amendments among them take revision 0's tuner from here
             fresh_tuners.update((skey, self.tuner.behaviour_of(t)) for skey, t in tuners)  # type: ignore[union-attr]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from rewardloop_common.events import SessionRecord
@@ -78,6 +78,24 @@ class TradeoffTracker:
         The means and their gauges are recomputed (exactly, over the window) for the points changed
         since the last refresh, at most every ``pareto_interval_s``: re-summing a 500-session window
         per closed session was a third of the controller's time at 10^4 sessions/s."""
+        self._point(version, action).append((clicks, dwell, value))
+        self.maybe_refresh()
+
+    def add_points(self, points: Iterable[tuple[int, int | None, float, float, float]]) -> None:
+        """:meth:`add_point` for many sessions, in order (the native close's ``(version, action, clicks,
+        dwell, value)`` tuples): the same points and gauges, with a point's bookkeeping done once per
+        run of sessions on it (nearly all of a batch are on the current weights) and one refresh check."""
+        last: tuple[int, int | None] | None = None
+        q: deque[tuple[float, float, float]] | None = None
+        for version, action, clicks, dwell, value in points:
+            if q is None or (version, action) != last:
+                last, q = (version, action), self._point(version, action)
+            q.append((clicks, dwell, value))
+        self.maybe_refresh()
+
+    def _point(self, version: int, action: int | None) -> deque[tuple[float, float, float]]:
+        """The point's window of sessions (created, or moved to the most recently updated end), marked
+        changed; the current point follows the newest weights version."""
         key = (str(version), "current" if action is None else str(action))
         q = self.points.get(key)
         if q is None:
@@ -87,7 +105,6 @@ class TradeoffTracker:
             q = self.points[key] = deque(maxlen=self.window)
         else:
             self.points.move_to_end(key)
-        q.append((clicks, dwell, value))
         self._dirty.add(key)
         if version >= self._newest_version and key[1] == "current" and key != self.current:
             self._newest_version = version
@@ -95,7 +112,7 @@ class TradeoffTracker:
                 self.m.tradeoff_current.labels(*self.current).set(0)
             self.current = key
             self.m.tradeoff_current.labels(*key).set(1)
-        self.maybe_refresh()
+        return q
 
     def maybe_refresh(self) -> None:
         """Refresh the changed points' means and the frontier if ``pareto_interval_s`` has passed."""

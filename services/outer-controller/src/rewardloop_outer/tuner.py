@@ -373,6 +373,9 @@ class WeightTuner:
         self._wcache: dict[str, tuple[float, Weights]] = {}
         self._nearest: dict[str, tuple[Weights, list[int]]] = {}
         self._explore_centre: dict[str, list[int]] = {}
+        # segment -> the weights object its exploration centre was last checked against (asked for
+        # every session: the check -- nearest action, a list compare -- only when they changed)
+        self._explore_checked: dict[str, Weights] = {}
         # documents this tuner published: (segment, version) -> (centre action id, slice, action ids)
         self._docs: dict[tuple[str, int], tuple[int, float, frozenset[int]]] = {}
         self._behaviours: dict[tuple[Any, ...], bytes] = {}
@@ -480,6 +483,7 @@ class WeightTuner:
             reason=reason,
         )
         self._explore_centre[segment] = centre
+        self._explore_checked.pop(segment, None)
         centre_id = encode_action(centre, self.levels)
         self._remember_doc(segment, edoc.version, centre_id, edoc.slice, edoc.actions)
         self.metrics.exploration_version.labels(segment=segment).set(edoc.version)
@@ -502,6 +506,9 @@ class WeightTuner:
         """(Re)publish when exploration is on and the current weights left the published centre."""
         if self.eps <= 0:
             return
+        w = self._weights(segment)
+        if self._explore_checked.get(segment) is w:
+            return  # checked against these weights, and nothing published since
         centre = self._current_action(segment)
         if self._explore_centre.get(segment) != centre:
             try:
@@ -509,6 +516,7 @@ class WeightTuner:
             except Exception as exc:  # noqa: BLE001 - exploration must not stop the loop
                 log.warning("could not publish the exploration document", segment=segment, error=str(exc))
                 self._explore_centre[segment] = centre  # retried when the weights move again
+        self._explore_checked[segment] = w
 
     def _current_action(self, segment: str) -> list[int]:
         """The grid action nearest the segment's current weights (asked for every session: computed
