@@ -73,21 +73,31 @@ ENV = {
 T0 = 1_763_888_400_000
 
 
-def events(n: int, users: int, seed: int = 1) -> list[tuple[str, bytes]]:
+def events(n: int, users: int, seed: int = 1, slate: int = 1) -> list[tuple[str, bytes]]:
+    """``n`` scored actions as the scorer logs them: requests of ``slate`` served items (positions
+    0..slate-1, one user, one event time: ``ScoreSlate``), one request every 2 ms of event time to a
+    user drawn at random from ``users``. So a user's requests come ~``2 * users`` ms apart (40 s for
+    20 000 users) and, with the bench's 60 s session gap, a session has ~4.5 requests (1/e^-1.5) --
+    ~4.5 actions with ``slate=1`` (the shape of every figure before 2026-12-07's sixth session), ~22
+    with ``slate=5`` (the simulator's traffic: slates of 5, ~4.4 of them a session)."""
     rng = random.Random(seed)
     tmpl = make_reward_event("x", "u", T0)
     out = []
+    u = ""
     for i in range(n):
-        u = f"u{rng.randrange(users)}"
+        req, pos = divmod(i, slate)
+        if pos == 0:
+            u = f"u{rng.randrange(users)}"
         ev = tmpl.model_copy(
             update={
                 "event_id": f"e{i}",
+                "request_id": f"r{req}",
                 "user_id": u,
-                "event_time_ms": T0 + i * 2,
+                "event_time_ms": T0 + req * 2,
                 "clicked": rng.random() < 0.3,
                 "dwell_seconds": rng.random() * 30,
                 "reward": rng.random(),
-                "position": i % 5,
+                "position": i % 5 if slate == 1 else pos,
             }
         )
         out.append((u, encode_json(ev)))
@@ -175,11 +185,19 @@ def produce(bootstrap: str, topic: str, evs: list[tuple[str, bytes]], rate: floa
 
 
 def live_producer(
-    bootstrap: str, topic: str, n: int, users: int, rate: float, ready: Any, go: Any, cpu: Any
+    bootstrap: str,
+    topic: str,
+    n: int,
+    users: int,
+    rate: float,
+    ready: Any,
+    go: Any,
+    cpu: Any,
+    slate: int = 1,
 ) -> None:
-    """The lag phase's producer (its own process): generate, say ready, wait for go, produce paced;
-    puts (its CPU seconds, wall seconds) while producing into ``cpu``."""
-    evs = events(n, users, seed=2)
+    """The lag phase's producer (its own process): generate (:func:`events`), say ready, wait for go,
+    produce paced; puts (its CPU seconds, wall seconds) while producing into ``cpu``."""
+    evs = events(n, users, seed=2, slate=slate)
     ready.set()
     go.wait(600)
     c0, t0 = time.process_time(), time.monotonic()
@@ -187,25 +205,29 @@ def live_producer(
     cpu.put((time.process_time() - c0, time.monotonic() - t0))
 
 
-def start_live_producer(bootstrap: str, topic: str, n: int, users: int, rate: float) -> tuple[Any, Any, Any]:
+def start_live_producer(
+    bootstrap: str, topic: str, n: int, users: int, rate: float, slate: int = 1
+) -> tuple[Any, Any, Any]:
     """:func:`live_producer` in a PROCESS of its own, its records generated (a thread would share the
     controller's GIL; spawned, not forked: the controller's librdkafka threads must not be forked):
     (the process, the event that starts it producing, the queue its CPU use arrives in)."""
     mp = multiprocessing.get_context("spawn")
     ready, go, prod_cpu = mp.Event(), mp.Event(), mp.Queue()
-    args = (bootstrap, topic, n, users, rate, ready, go, prod_cpu)
+    args = (bootstrap, topic, n, users, rate, ready, go, prod_cpu, slate)
     prod = mp.Process(target=live_producer, args=args, daemon=True)
     prod.start()
     ready.wait(600)
     return prod, go, prod_cpu
 
 
-def warm_up(bootstrap: str, topic: str, rate: float, seconds: float, users: int) -> dict[str, Any]:
+def warm_up(
+    bootstrap: str, topic: str, rate: float, seconds: float, users: int, slate: int = 1
+) -> dict[str, Any]:
     """Records at ``rate`` for ``seconds`` through the broker (produced by another process, consumed
     here by a plain consumer with the controller's fetch settings), so that its JIT has compiled the
     produce and fetch paths before anything is measured."""
     n = int(rate * seconds)
-    prod, go, _ = start_live_producer(bootstrap, topic, n, users, rate)
+    prod, go, _ = start_live_producer(bootstrap, topic, n, users, rate, slate)
     c = Consumer(consumer_conf(bootstrap, f"warmup-{uuid.uuid4().hex[:6]}", OuterSettings()))
     c.subscribe([topic])
     broker = broker_pid()
@@ -278,7 +300,8 @@ def lag_phase(
 ) -> dict[str, Any]:
     """Events produced live at ``rate`` by another process (:func:`start_live_producer`)."""
     n_live = int(rate * a.seconds)
-    prod, go, prod_cpu = start_live_producer(bootstrap, topic, n_live, a.users, rate)
+    slate = phase_slate(a)
+    prod, go, prod_cpu = start_live_producer(bootstrap, topic, n_live, a.users, rate, slate)
     deadline = time.monotonic() + 120
     ctl = controller(bootstrap, redis_url, topic, kpi, native, a.tuner)
     ctl.record_lag = True
@@ -312,6 +335,7 @@ def lag_phase(
     pct = lambda q: percentile(lag, q)  # noqa: E731
     return {
         "rate_per_s": rate,
+        "slate": slate,
         "samples": len(lag),
         "p50": pct(0.5),
         "p99": pct(0.99),
@@ -327,6 +351,14 @@ def lag_phase(
         "controller_main_waiting_for_cpu": round((main1[1] - main0[1]) / wall, 2),
         "p99_per_second": p99_per_second(ctl.lag_samples),
     }
+
+
+def phase_slate(a: argparse.Namespace) -> int:
+    """The phase's slate size: ``BENCH_SLATE`` (set by an arm of ``--compare``) or ``--slate``."""
+    raw = os.environ.get("BENCH_SLATE", str(a.slate))
+    if not raw.isdigit() or int(raw) < 1:
+        raise SystemExit(f"BENCH_SLATE={raw!r}: a positive integer")
+    return int(raw)
 
 
 def percentile(ordered: list[int], q: float) -> int | None:
@@ -354,7 +386,7 @@ def throughput_phase(
     bootstrap: str, redis_url: str, topic: str, kpi: str, native: bool, a: argparse.Namespace
 ) -> dict[str, Any]:
     """``a.events`` events produced first, then consumed from offset 0 by a fresh controller."""
-    produce(bootstrap, topic, events(a.events, a.users))
+    produce(bootstrap, topic, events(a.events, a.users, slate=a.slate))
     ctl = controller(bootstrap, redis_url, topic, kpi, native, a.tuner)
     ctl.subscribe()
     deadline = time.monotonic() + 300
@@ -383,6 +415,7 @@ def throughput_phase(
     return {
         "events": a.events,
         "users": a.users,
+        "slate": a.slate,
         "seconds": round(elapsed, 3),
         "events_per_s": round(a.events / elapsed),
         "seconds_to_first_records": round(t_end - t0 - elapsed, 3),
@@ -491,6 +524,15 @@ def main() -> int:
     ap.add_argument(
         "--repeat", type=int, default=1, help="lag phases per rate (and arm), alternated (default 1)"
     )
+    ap.add_argument(
+        "--slate",
+        type=int,
+        default=5,
+        help="served items per request (default %(default)s, the simulator's slate: sessions of ~22 "
+        "actions); 1: one action per request, sessions of ~4.5 actions -- five times the closed "
+        "sessions per event (every figure before 2026-12-07's sixth session); --compare BENCH_SLATE=1 "
+        "runs it as an arm",
+    )
     ap.add_argument("--keep-stack", action="store_true")
     a = ap.parse_args()
     arms: list[dict[str, str]] = [{}, a.compare] if a.compare else [{}]
@@ -511,7 +553,7 @@ def main() -> int:
         warm_topic = f"bench.{run}.warmup"
         create_topics(bootstrap, [t_topic, kpi, warm_topic, *lag_topics], partitions=3, wait_s=30)
         warm = (
-            warm_up(bootstrap, warm_topic, max(a.rate), a.warmup_seconds, a.users)
+            warm_up(bootstrap, warm_topic, max(a.rate), a.warmup_seconds, a.users, a.slate)
             if a.warmup_seconds
             else None
         )
