@@ -25,7 +25,9 @@ from rewardloop_common.testing import RedisServer, make_kpi_event, make_reward_e
 from rewardloop_common.weights_store import WeightsStore
 from rewardloop_outer import state_log
 from rewardloop_outer.engine import DurableController, make_tuner
+from rewardloop_outer.fastevents import parse_action
 from rewardloop_outer.metrics import OuterMetrics
+from rewardloop_outer.session_window import SessionWindow
 from rewardloop_outer.settings import OuterSettings
 from rewardloop_outer.state_store import LZ4_MAGIC, Fenced, RedisStateStore, unpack
 from rewardloop_outer.weight_update import TunerSession
@@ -483,13 +485,14 @@ def test_compaction_moves_the_log_into_the_snapshot(rds: redis.Redis) -> None:
     ref = make(ref_log, rds, outer_consumer_group="ref")
     ref.subscribe()
     run_to_end(ref)
-    # a tiny log limit: every few checkpoints compact; a crash in between restores snapshot + log
-    ctl = make(log, rds, outer_state_log_max_bytes=20_000)
+    # a tiny log limit and the size rule alone (garbage ratio 0): every few checkpoints compact; a
+    # crash in between restores snapshot + log
+    ctl = make(log, rds, outer_state_log_max_bytes=20_000, outer_state_log_garbage_ratio=0)
     ctl.subscribe()
     for _ in range(40):
         ctl.run_once()
     assert rds.hlen("rewardloop:outer:g1:p0:users") > 0  # compacted at least once
-    ctl = make(log, rds, outer_state_log_max_bytes=20_000)  # "crash": a new owner restores
+    ctl = make(log, rds, outer_state_log_max_bytes=20_000, outer_state_log_garbage_ratio=0)  # "crash"
     ctl.subscribe()
     run_to_end(ctl)
     assert final_sessions(log) == final_sessions(ref_log)
@@ -564,7 +567,14 @@ def test_incremental_compaction_survives_crashes_at_every_step(
     compacted = 0.0
     before: dict[str, bytes | None] | None = None
     for crash in range(500):
-        ctl = make(log, rds, outer_consumer_group="inc", outer_state_log_max_bytes=6_000, outer_native=native)
+        ctl = make(
+            log,
+            rds,
+            outer_consumer_group="inc",
+            outer_state_log_max_bytes=6_000,
+            outer_state_log_garbage_ratio=0,
+            outer_native=native,
+        )
         ctl.subscribe()
         w, st = ctl.shards[0].window, ctl.shards[0].log
         restored_mid_compaction += bool(st.uncovered) and rds.hlen(key + "users") > 0
@@ -593,7 +603,14 @@ def test_incremental_compaction_survives_crashes_at_every_step(
         ctl.producer.pending.clear()  # "kill -9": nothing else is flushed
     assert trimmed >= 5 and restored_mid_compaction >= 3 and compared >= 5, (trimmed, restored_mid_compaction)
     assert compacted >= 10
-    ctl = make(log, rds, outer_consumer_group="inc", outer_state_log_max_bytes=6_000, outer_native=native)
+    ctl = make(
+        log,
+        rds,
+        outer_consumer_group="inc",
+        outer_state_log_max_bytes=6_000,
+        outer_state_log_garbage_ratio=0,
+        outer_native=native,
+    )
     ctl.subscribe()
     run_to_end(ctl)
     assert final_sessions(log) == want
@@ -632,6 +649,35 @@ def test_restore_leaves_out_the_lines_a_users_snapshot_covers() -> None:
     assert seqs == sorted(seqs)  # oldest first
     assert (log.base, log.next_seq, log.log_bytes) == (10, 13, sum(map(len, blobs)))
     assert log.snap_bytes == 7
+
+
+def test_the_log_waits_for_dead_bytes_and_drops_them_with_the_blobs_it_trims() -> None:
+    log = state_log.StateLog()
+    states = {"a": b"x" * 10, "b": b"y" * 10}
+    log.appended(1000, ["a"], dead=100)
+    c = log.compact(states.get, 1000, 500, garbage_ratio=0.5)  # past the size, 10 % dead: not yet
+    assert not log.compacting and not c.users_set and (log.log_bytes, log.dead_bytes) == (1000, 100)
+    log.appended(1000, ["b"], dead=1000)  # 55 % dead
+    c = log.compact(states.get, 1000, 500, garbage_ratio=0.5)
+    assert c.users_set == states and c.log_trim == 2  # every user rewritten, both blobs trimmed ...
+    assert (log.log_bytes, log.dead_bytes, log.compacting) == (0, 0, False)  # ... with their dead bytes
+    # the size rule alone (ratio 0) compacts a log without dead bytes
+    log.appended(1000, ["a"])
+    assert log.compact(states.get, 1000, 500).users_set == {"a": states["a"]}
+
+
+def test_restore_counts_the_dead_bytes_of_each_blob_as_the_take_did() -> None:
+    w = SessionWindow(60_000, allowed_lateness_ms=0, attribution_window_ms=0)  # nothing retained
+    blobs, counted = [], []
+    for i, t in enumerate([0, 10, 20, 100_000, 100_010, 300_000]):  # sessions close, users go
+        w.add_action(parse_action(encode_json(make_reward_event(f"e{i}", f"u{i % 2}", T0 + t))), 0)
+        w.close_due(0)
+        blobs.append(w.delta())
+        counted.append(w.delta_garbage - w._removed)  # the lines' share (a restore sees no removals)
+        w.commit_delta()
+    assert any(b'["f",' in b or b'["d",' in b for b in blobs)
+    _, log = state_log.restore_log(blobs, 0, {}, {})
+    assert list(log.dead) == counted and log.dead_bytes == sum(counted) > 0
 
 
 @pytest.mark.parametrize("interval", [0.01, 0.0], ids=["freeze", "default-gc"])
@@ -681,3 +727,37 @@ def test_the_loop_runs_without_automatic_collections_but_still_frees_cycles(
 
 class _Node:
     me: Any = None
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_the_log_is_compacted_once_much_of_it_is_dead(rds: redis.Redis, native: bool) -> None:
+    """With the default ``OUTER_STATE_LOG_GARBAGE_RATIO`` (0.5) a log of live events -- every closed
+    session retained for the attribution window -- is not rewritten into the snapshot, however small
+    the size limit; a log whose sessions leave the state as they close (nothing retained) is. Either
+    way a new owner restores what the first one left and ends with the uninterrupted run's sessions."""
+    for retain in (True, False):
+        kw: dict[str, Any] = {"outer_native": native}
+        if not retain:
+            kw |= {"outer_allowed_lateness_seconds": 0, "outer_attribution_window_seconds": 0}
+        ref_log, log = Log(partitions=1), Log(partitions=1)
+        for lg in (ref_log, log):
+            stream(lg, seed=3, users=40)
+        ref = make(ref_log, rds, outer_consumer_group=f"ref-{retain}-{native}", **kw)
+        ref.subscribe()
+        run_to_end(ref)
+        group = f"dead-{retain}-{native}"
+        # 5 records a loop: 40 loops stop well before the stream's final far-future tick (which would
+        # expire every retained session)
+        ctl = make(log, rds, max_batch=5, outer_consumer_group=group, outer_state_log_max_bytes=2_000, **kw)
+        ctl.subscribe()
+        for _ in range(40):
+            ctl.run_once()
+        st = ctl.shards[0].log
+        compacted = rds.hlen(f"rewardloop:outer:{group}:p0:users") > 0
+        assert compacted is not retain, (retain, st.log_bytes, st.dead_bytes)
+        if retain:  # far past the size limit, and less than half of it dead
+            assert st.log_bytes > 10 * 2_000 and 0 < st.dead_bytes < st.log_bytes / 2
+        ctl = make(log, rds, outer_consumer_group=group, outer_state_log_max_bytes=2_000, **kw)
+        ctl.subscribe()
+        run_to_end(ctl)
+        assert final_sessions(log) == final_sessions(ref_log)

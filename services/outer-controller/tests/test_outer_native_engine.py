@@ -157,7 +157,11 @@ SCENARIOS = [
         {"outer_allowed_lateness_seconds": 0, "outer_attribution_window_seconds": 0},
         id="no-retention",
     ),
-    pytest.param(dict(seed=4, users=25), {"outer_state_log_max_bytes": 15_000}, id="compaction"),
+    pytest.param(
+        dict(seed=4, users=25),
+        {"outer_state_log_max_bytes": 15_000, "outer_state_log_garbage_ratio": 0},
+        id="compaction",
+    ),
     pytest.param(dict(seed=5, users=20, odd=True), {}, id="odd-records"),
     pytest.param(dict(seed=6, users=20, odd=True), {"outer_gamma": 0.0}, id="gamma-0"),
 ]

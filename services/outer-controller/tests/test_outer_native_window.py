@@ -23,7 +23,7 @@ from rewardloop_common.testing import make_kpi_event
 from rewardloop_outer.fastevents import Kpi, kpi_from_model, parse_action
 from rewardloop_outer.native_window import NativeClosed, NativeSessionWindow
 from rewardloop_outer.session_window import AddResult, ClosedSession, OpenSession, SessionWindow
-from rewardloop_outer.state_log import StateLog
+from rewardloop_outer.state_log import StateLog, restore_log
 
 T0 = 1_763_888_400_000
 
@@ -200,6 +200,8 @@ class Pair:
         self.nw_log: list[bytes] = []
         self.closed_keys: list[tuple[str, int]] = []
         self.steps = 0
+        self.dead_seen = 0  # commits whose delta superseded earlier lines
+        self.removed_seen = 0  # ... and of them, those with events gone from the state
 
     # ------------------------------------------------------------------------------------ checks
 
@@ -219,8 +221,10 @@ class Pair:
                 _session_view(r) for r in nw.retained_sessions(u)
             ], u
         assert _by_user(py.delta()) == _by_user(nw.delta())
+        assert py.delta_garbage == nw.delta_garbage
         some = self.rng.sample(USERS, 3)
         assert py.delta(some) == nw.delta(some)  # explicit users: the same order, the same bytes
+        assert py.delta_garbage == nw.delta_garbage
 
     def same_closed(self, a: list[ClosedSession], b: list[NativeClosed]) -> None:
         assert [_closed_view(x) for x in a] == [_closed_view(x) for x in b]
@@ -256,6 +260,12 @@ class Pair:
     def commit(self) -> None:
         d1, d2 = self.py.delta(), self.nw.delta()
         assert _by_user(d1) == _by_user(d2)
+        # the bytes made dead: the superseding lines as the delta is written and as a restore reads
+        # them back from the blob, plus (the take alone knows them) the lines of what left the state
+        dead = restore_log([d1], 0, {}, {})[1].dead_bytes
+        assert self.py.delta_garbage == self.nw.delta_garbage == dead + self.py._removed
+        self.dead_seen += self.py.delta_garbage > 0
+        self.removed_seen += self.py._removed > 0
         self.py_log.append(d1)
         self.nw_log.append(d2)
         self.py.commit_delta()
@@ -340,7 +350,7 @@ def _near(rng: random.Random, x: int) -> int:
     return x + rng.choice((-1, 0, 0, 1))
 
 
-def _scenario(seed: int) -> int:
+def _scenario(seed: int) -> tuple[int, int, int]:
     rng = random.Random(seed)
     gap = rng.choice([1_000, 2_000, 5_000, 999])  # 999: gap // 2 rounds down
     lateness = rng.choice([None, None, 0, gap // 2, 3 * gap, 20 * gap])
@@ -432,18 +442,19 @@ def _scenario(seed: int) -> int:
     p.check()
     p.restore(from_snapshot=False)
     p.check()
-    return p.steps
+    return p.steps, p.dead_seen, p.removed_seen
 
 
 @pytest.mark.parametrize("block", range(6))
 def test_native_window_matches_the_reference_on_random_streams(block: int) -> None:
-    steps = 0
+    steps = dead_seen = removed_seen = 0
     for seed in range(block * 50, block * 50 + 50):
         try:
-            steps += _scenario(seed)
+            n, dead, removed = _scenario(seed)
         except AssertionError as exc:
             raise AssertionError(f"seed {seed}") from exc
-    assert steps > 50 * 30
+        steps, dead_seen, removed_seen = steps + n, dead_seen + dead, removed_seen + removed
+    assert steps > 50 * 30 and dead_seen > 50 and removed_seen > 5, (steps, dead_seen, removed_seen)
 
 
 def test_bench_like_stream_matches_the_reference() -> None:

@@ -593,6 +593,23 @@ fn header_line(out: &mut Vec<u8>, user: &str, o: Option<&Session>, rs: &[Session
     out.extend_from_slice(b"]}]");
 }
 
+/// `_event_lines_len`: the bytes of `s`'s event lines (`event_line` of each action and KPI)
+fn event_lines_len(user: &str, s: &Session) -> usize {
+    let mut head = Vec::new(); // user and sid as the lines write them
+    json::write_str(&mut head, user);
+    json::write_i64(&mut head, s.sid);
+    let (mut n, mut bytes) = (0, 0);
+    s.actions.for_each_raw(|raw| {
+        n += 1;
+        bytes += raw.len();
+    });
+    for k in s.kpis.iter() {
+        n += 1;
+        bytes += k.raw.len();
+    }
+    bytes + (head.len() + 8) * n // '["a",' user ',' sid ',' raw ']'
+}
+
 /// `_full_lines`, joined with `\n`
 fn full_lines(out: &mut Vec<u8>, e: &UserEntry) {
     let user: &str = &e.key;
@@ -699,6 +716,8 @@ struct Core {
     too_late_actions: i64,
     amendments: i64,
     kpis_pending: i64,
+    /// bytes of event lines whose events left the state since the last commit (`_removed`)
+    removed: usize,
 }
 
 impl Core {
@@ -795,6 +814,7 @@ impl Core {
             self.retained_count += 1;
         } else {
             self.mark_rewrite(e); // its events leave the state
+            self.removed += event_lines_len(&e.key, &s);
         }
     }
 
@@ -917,6 +937,9 @@ fn settle_pending(users: &mut Users, c: &mut Core, clock: i64) {
         c.mark_rewrite(e);
         if c.attribute(e, ev.clone(), true, true) == UNATTRIBUTED {
             c.unattributed(&ev, clock);
+            let mut line = Vec::new();
+            event_line(&mut line, b'k', &e.key, 0, &ev.raw);
+            c.removed += line.len();
         }
     }
 }
@@ -944,6 +967,9 @@ fn expire_retained(users: &mut Users, c: &mut Core, clock: i64) {
         }
         for sid in amended {
             c.mark_retained(e, sid);
+        }
+        for r in e.retained.iter().filter(|r| expired(r)) {
+            c.removed += event_lines_len(&key, r);
         }
         let before = e.retained.len();
         e.retained.retain(|r| !expired(r));
@@ -1094,6 +1120,8 @@ pub struct NativeWindow {
     /// `delta`'s output buffer, kept between checkpoints: a fresh multi-megabyte Vec per call cost more
     /// in page faults and regrowth copies than writing the lines
     scratch: Vec<u8>,
+    /// of the last `delta`: the bytes of its superseding lines
+    delta_garbage: usize,
     /// users the shard's snapshot does not cover yet (the engine's `StateLog`, for this window)
     uncovered: Uncovered,
 }
@@ -1421,6 +1449,7 @@ impl NativeWindow {
         Ok(NativeWindow {
             users: Users::default(),
             scratch: Vec::new(),
+            delta_garbage: 0,
             uncovered: Uncovered::default(),
             c: Core {
                 gap: gap_ms,
@@ -1448,6 +1477,7 @@ impl NativeWindow {
                 too_late_actions: 0,
                 amendments: 0,
                 kpis_pending: 0,
+                removed: 0,
             },
         })
     }
@@ -1625,13 +1655,22 @@ impl NativeWindow {
         out.clear();
         // the lines are written without the GIL (another thread can consume meanwhile)
         let this = &*self;
-        let out = py.detach(move || {
-            delta_lines(this, users, &mut out);
-            out
+        let (out, garbage) = py.detach(move || {
+            let garbage = delta_lines(this, users, &mut out);
+            (out, garbage)
         });
         let blob = PyBytes::new(py, &out);
         self.scratch = out;
+        self.delta_garbage = garbage + self.c.removed;
         blob
+    }
+
+    /// Of the last `delta`: the bytes of the store it makes dead (`SessionWindow.delta_garbage`: its
+    /// superseding lines, see `delta_lines`, and the event lines of what left the state since the
+    /// last commit).
+    #[getter]
+    fn delta_garbage(&self) -> usize {
+        self.delta_garbage
     }
 
     /// A checkpoint's take in one call: the `delta` of the dirty users (empty: none), each of them
@@ -1691,6 +1730,7 @@ impl NativeWindow {
 
     /// The last `delta` is durable: start tracking changes afresh.
     fn commit_delta(&mut self) {
+        self.c.removed = 0;
         for user in std::mem::take(&mut self.c.dirty) {
             if let Some(e) = self.users.get_mut(&*user) {
                 e.dirty = false;
@@ -1936,12 +1976,16 @@ impl NativeWindow {
     }
 }
 
-/// The lines of `NativeWindow.delta` (see there), appended to `out`.
-fn delta_lines(win: &NativeWindow, users: Option<Vec<String>>, out: &mut Vec<u8>) {
-    let one = |user: &str, out: &mut Vec<u8>| {
+/// The lines of `NativeWindow.delta` (see there), appended to `out`; returns the bytes of its lines
+/// that supersede earlier ones (`SessionWindow.delta_garbage`: all but the appended event lines,
+/// newlines not counted).
+fn delta_lines(win: &NativeWindow, users: Option<Vec<String>>, out: &mut Vec<u8>) -> usize {
+    let mut garbage = 0;
+    let mut one = |user: &str, out: &mut Vec<u8>| {
         if !out.is_empty() {
             out.push(b'\n');
         }
+        let at = out.len();
         match win.users.get(user) {
             Some(e) if e.has_state() => {
                 if e.rewrite {
@@ -1949,15 +1993,20 @@ fn delta_lines(win: &NativeWindow, users: Option<Vec<String>>, out: &mut Vec<u8>
                     json::write_str(out, user);
                     out.extend_from_slice(b"]\n");
                     full_lines(out, e);
+                    // every line of the block, less the newlines between them
+                    garbage += out.len() - at - out[at..].iter().filter(|&&b| b == b'\n').count();
                 } else {
                     open_line(out, user, e.open.as_deref());
+                    let mut newlines = 0;
                     if !e.rchanged.is_empty() {
                         // in the retained list's order
                         for r in e.retained.iter().filter(|r| e.rchanged.contains(&r.sid)) {
                             out.push(b'\n');
+                            newlines += 1;
                             retained_line(out, user, r);
                         }
                     }
+                    garbage += out.len() - at - newlines;
                     let mut sid = 0;
                     for l in &e.appended {
                         let (kind, raw) = match l {
@@ -1977,6 +2026,7 @@ fn delta_lines(win: &NativeWindow, users: Option<Vec<String>>, out: &mut Vec<u8>
                 out.extend_from_slice(b"[\"d\",");
                 json::write_str(out, user);
                 out.push(b']');
+                garbage += out.len() - at;
             }
         }
     };
@@ -1985,6 +2035,7 @@ fn delta_lines(win: &NativeWindow, users: Option<Vec<String>>, out: &mut Vec<u8>
         Some(us) => us.iter().for_each(|u| one(u, out)),
         None => win.c.dirty.iter().for_each(|u| one(u, out)),
     }
+    garbage
 }
 
 #[cfg(test)]

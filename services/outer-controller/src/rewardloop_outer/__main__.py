@@ -23,7 +23,9 @@ environment variables:
   OUTER_STATE_STORE             redis (durable sharded state, default) | memory (same engine, state in RAM)
   OUTER_STATE_LOG_MAX_BYTES     past this size (or the snapshot's, if larger) a shard's delta log is
                                 compacted into its snapshot, a few users per checkpoint, until
-                                under half of that (64 MiB)
+                                under half of that (64 MiB) ...
+  OUTER_STATE_LOG_GARBAGE_RATIO ... once this share of its bytes is dead, superseded by later
+                                lines (default 0.5; 0: the size alone)
   OUTER_CLOCK                   wall (default) | event (per-partition event-time watermark only)
   OUTER_ALLOWED_LATENESS_SECONDS    late actions routed to their closed session (default 300)
   OUTER_ATTRIBUTION_WINDOW_SECONDS  delayed KPIs credited to a closed session (default 604800)

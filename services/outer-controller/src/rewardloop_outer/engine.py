@@ -932,7 +932,7 @@ class DurableController:
         write is retried with these same bytes until it lands or the shard is fenced."""
         pw = _PendingWrite()
         pw.tuner, self._tuner_queue = self._tuner_queue, []
-        log_max = self.s.outer_state_log_max_bytes
+        log_max, garbage_ratio = self.s.outer_state_log_max_bytes, self.s.outer_state_log_garbage_ratio
         with self._lock:
             for shard in self.shards.values():
                 w = shard.window
@@ -941,13 +941,13 @@ class DurableController:
                 if native:  # the delta, its users marked uncovered and the commit in one native call
                     d.log_append = shard.core.take_delta(shard.log.next_seq)
                     if d.log_append:
-                        shard.log.appended(len(d.log_append))
+                        shard.log.appended(len(d.log_append), dead=shard.core.delta_garbage)
                 else:
                     dirty = w.dirty
                     if dirty:
                         d.log_append = w.delta()
-                        shard.log.appended(len(d.log_append), dirty)
-                c = d.compaction = shard.log.compact(w.user_state, len(d.log_append), log_max)
+                        shard.log.appended(len(d.log_append), dirty, w.delta_garbage)
+                c = d.compaction = shard.log.compact(w.user_state, len(d.log_append), log_max, garbage_ratio)
                 self._observe_state(shard, len(c.users_set) + len(c.users_del))
                 d.meta = shard.meta()  # after the compaction: its log_base
                 if not native:

@@ -248,6 +248,11 @@ class NativeSessionWindow:
     def delta(self, users: Iterable[str] | None = None) -> bytes:
         return self.core.delta(None if users is None else list(users))  # type: ignore[no-any-return]
 
+    @property
+    def delta_garbage(self) -> int:
+        """Of the last :meth:`delta` (``SessionWindow.delta_garbage``)."""
+        return self.core.delta_garbage  # type: ignore[no-any-return]
+
     def commit_delta(self) -> None:
         self.core.commit_delta()
 

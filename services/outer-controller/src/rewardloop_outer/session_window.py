@@ -247,6 +247,13 @@ def _event_line(kind: bytes, uj: bytes, sid: int, raw: bytes) -> bytes:
     return b"".join((b'["', kind, b'",', uj, b",", str(sid).encode(), b",", raw, b"]"))  # one copy of raw
 
 
+def _event_lines_len(uj: bytes, s: OpenSession) -> int:
+    """The bytes of ``s``'s event lines (``_event_line`` of each of its actions and KPIs)."""
+    per_line = len(uj) + len(str(s.sid)) + 8  # '["a",' user ',' sid ',' raw ']'
+    raws = [a.raw for a in s.actions.values()] + [k.raw for k in s.kpis.values()]
+    return sum(map(len, raws)) + per_line * len(raws)
+
+
 def _open_line(uj: bytes, o: OpenSession | None) -> bytes:
     """A user's open-session line (its retained sessions' metadata unchanged)."""
     return b'["o",' + uj + b"," + (b"null" if o is None else orjson.dumps(o.meta())) + b"]"
@@ -299,6 +306,8 @@ class SessionWindow:
         self._closed: list[ClosedSession] = []  # closed by add_action, returned by the next close_due
         self._late: list[LateEvent] = []
         self.dirty: set[str] = set()  # users changed since the last commit_delta
+        self.delta_garbage = 0  # of the last delta(): the bytes of its superseding lines
+        self._removed = 0  # bytes of event lines whose events left the state since the last commit
         self._appended: dict[str, list[bytes]] = {}  # event lines appended since then, per user
         self._rewrite: set[str] = set()  # users whose full state the next delta writes
         self._uj: dict[str, bytes] = {}  # user id -> its JSON string (lines), for dirty users
@@ -560,6 +569,7 @@ class SessionWindow:
             heapq.heappush(self._retained_heap, (s.last_ms + self.retention_ms, user))
         else:
             self._mark_rewrite(user)  # its events leave the state
+            self._removed += _event_lines_len(orjson.dumps(user), s)
 
     def _advance(self, clock: int) -> None:
         """Close the sessions the clock made due (into ``_closed``) and settle pending KPIs.
@@ -606,6 +616,7 @@ class SessionWindow:
             self._mark_rewrite(user)
             if self._attribute(ev, settled=True, moved=True) is AddResult.UNATTRIBUTED:
                 self._unattributed(ev, clock)
+                self._removed += len(_event_line(b"k", orjson.dumps(user), 0, ev.raw))
 
     def _emit_amendments(self, clock: int) -> list[ClosedSession]:
         out: list[ClosedSession] = []
@@ -633,8 +644,10 @@ class SessionWindow:
                 continue
             keep = [r for r in sessions if clock <= r.last_ms + self.retention_ms]
             for r in sessions:
-                if r.amended and clock > r.last_ms + self.retention_ms:
-                    self._closed.append(self._amend(r, clock))  # emit before forgetting it
+                if clock > r.last_ms + self.retention_ms:
+                    if r.amended:
+                        self._closed.append(self._amend(r, clock))  # emit before forgetting it
+                    self._removed += _event_lines_len(orjson.dumps(user), r)
             if len(keep) != len(sessions):
                 self._mark_rewrite(user)
             if keep:
@@ -681,7 +694,15 @@ class SessionWindow:
         return b"\n".join(self._full_lines(user_id, orjson.dumps(user_id)))
 
     def delta(self, users: Iterable[str] | None = None) -> bytes:
-        """The lines that bring a store from the last committed delta to now (see the module doc)."""
+        """The lines that bring a store from the last committed delta to now (see the module doc).
+
+        Sets :attr:`delta_garbage`: how many bytes of the store it makes dead. Its lines but the
+        appended ``a``/``k`` ones (newlines not counted) -- an ``o``/``r`` line replaces the user's
+        last one, an ``f`` line and the full state after it replace all of the user's earlier lines,
+        a ``d`` line removes them: their own size stands in for what they replace -- plus the event
+        lines of what left the state since the last commit (expired retained sessions, closed ones
+        when nothing is retained, pending KPIs no session took). :class:`.state_log.StateLog` compacts
+        the log once these are a large part of it."""
         lines: list[bytes] = []
         # one lookup of the user's sessions for both "any state left?" and the header (a header per
         # dirty user per checkpoint: about one per record)
@@ -692,9 +713,11 @@ class SessionWindow:
             self._uj,
             self._rchanged,
         )
+        garbage = 0  # the bytes of the lines that supersede earlier ones (see delta_garbage)
         for user in self.dirty if users is None else users:
             uj = uj_of.get(user) or orjson.dumps(user)
             o, rs = open_.get(user), retained.get(user)
+            at = len(lines)
             if o is None and not rs and not pending.get(user):  # not _has_state(user)
                 lines.append(b'["d",' + uj + b"]")
             elif user in self._rewrite:
@@ -705,7 +728,11 @@ class SessionWindow:
                 changed = rchanged.get(user)
                 if changed:  # in the retained list's order
                     lines.extend(_retained_line(uj, r) for r in rs or () if r.sid in changed)
+                garbage += sum(map(len, lines[at:]))
                 lines.extend(self._appended.get(user, ()))
+                continue
+            garbage += sum(map(len, lines[at:]))
+        self.delta_garbage = garbage + self._removed
         return b"\n".join(lines)
 
     def commit_delta(self) -> None:
@@ -715,6 +742,7 @@ class SessionWindow:
         self._rewrite.clear()
         self._uj.clear()
         self._rchanged.clear()
+        self._removed = 0
 
     def restore(self, blobs: Iterable[bytes]) -> int:
         """Rebuild the state from blobs of lines (a snapshot's user states, then deltas, in order).

@@ -35,6 +35,9 @@ class OuterSettings(CommonSettings):
     #: past this many bytes (or the snapshot's size, if larger) a shard's delta log is compacted into
     #: its snapshot, a few users per checkpoint, until it is under half of that (.state_log)
     outer_state_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    #: ... once at least this share of the log's bytes is dead (superseded by later lines; 0: the size
+    #: rule alone): a log of live events is not rewritten into the snapshot for nothing (.state_log)
+    outer_state_log_garbage_ratio: float = Field(default=0.5, ge=0.0, le=1.0, allow_inf_nan=False)
     #: lz4: the state's values in Redis are LZ4 frames (~5-8x smaller); none: plain JSON lines
     outer_state_compression: Literal["lz4", "none"] = "lz4"
     #: native window: a retained (closed) session's actions are kept LZ4-compressed in memory -- about

@@ -7,6 +7,19 @@ blob up to this one is in it"); a restore skips that user's lines in blobs at or
 snapshot can be brought up to date a few users per checkpoint, oldest first, and the log trimmed from
 the front as soon as no user needs its first blobs any more.
 
+**When** (since 2026-12-07's sixth session): a pass starts when the log is larger than
+``OUTER_STATE_LOG_MAX_BYTES`` and the snapshot (as below) *and* at least ``OUTER_STATE_LOG_GARBAGE_RATIO``
+(default 0.5) of its bytes are dead -- superseded by later lines: every line a delta writes but the
+appended ``a``/``k`` event lines (``SessionWindow.delta_garbage``: an ``o``/``r`` line replaces the user's
+last one, an ``f`` line and the full state after it replace all of its earlier lines, a ``d`` line
+removes them; their own size stands in for what they make dead). A pass rewrites every user the log
+holds lines of: over a log of live events (sessions still in the attribution window, 7 days by default)
+it wrote the same events a second time and freed nothing -- at 10^5 events/s of the simulator's traffic
+the first pass began ~3 s into the stream and took ~0.3 s of the loop thread per second while it ran
+(``make bench-outer``). Waiting for dead bytes keeps the log at most about twice what it holds live
+(restores read it whole), as before the snapshot and log together were at most twice the state;
+``OUTER_STATE_LOG_GARBAGE_RATIO=0`` is the size rule alone.
+
 Why not all at once (as before): once the log passed ``OUTER_STATE_LOG_MAX_BYTES`` one checkpoint
 wrote the full state of every user changed since the last snapshot -- at 5*10^4 events/s tens of MB
 in one step, 0.2-0.4 s of the controller's loop, the source of the event-to-state lag's P99 (1.0 s
@@ -130,6 +143,8 @@ class StateLog:
     sizes: deque[int] = field(default_factory=deque)  # each blob's size (uncompressed), oldest first
     log_bytes: int = 0  # their sum
     uncovered: UncoveredUsers | NativeUncovered = field(default_factory=UncoveredUsers)
+    dead: deque[int] = field(default_factory=deque)  # each blob's superseding bytes (delta_garbage)
+    dead_bytes: int = 0  # their sum
     compacting: bool = False
     snap_size: dict[str, int] = field(default_factory=dict)  # user -> size of its snapshot entry
     snap_bytes: int = 0  # their sum: the snapshot's size
@@ -138,12 +153,15 @@ class StateLog:
     def next_seq(self) -> int:
         return self.base + len(self.sizes)
 
-    def appended(self, size: int, users: Iterable[str] = ()) -> None:
-        """A blob of ``size`` bytes with lines of ``users`` was appended (it gets :attr:`next_seq`);
-        the native window marks its users itself (``take_delta``)."""
+    def appended(self, size: int, users: Iterable[str] = (), dead: int = 0) -> None:
+        """A blob of ``size`` bytes with lines of ``users`` was appended (it gets :attr:`next_seq`),
+        ``dead`` of them superseding earlier lines (the delta's ``delta_garbage``); the native window
+        marks its users itself (``take_delta``)."""
         seq = self.next_seq
         self.sizes.append(size)
         self.log_bytes += size
+        self.dead.append(dead)
+        self.dead_bytes += dead
         self.uncovered.mark(users, seq)
 
     def keep_natively(self, core: Any) -> None:
@@ -161,16 +179,19 @@ class StateLog:
             self.snap_size[user] = size
             self.snap_bytes += size
 
-    def compact(self, user_state: UserState, appended: int, log_max: int) -> Compaction:
+    def compact(
+        self, user_state: UserState, appended: int, log_max: int, garbage_ratio: float = 0.0
+    ) -> Compaction:
         """One checkpoint's share of the compaction: from when the log passes ``log_max`` -- or the
-        snapshot's size, if larger -- until it is under half of that."""
+        snapshot's size, if larger -- with at least ``garbage_ratio`` of its bytes dead (module doc),
+        until it is under half of that size."""
         c = Compaction(seq=self.next_seq - 1)
         # the threshold grows with the snapshot (as Redis's AOF rewrite does at 100 % growth): every
         # user's full state is rewritten about once per pass, so with a fixed limit below the state's
         # size the passes would never end (each of them writes the whole state for half a log of
         # deltas); with it, the bytes compaction writes stay at most about twice the deltas'
         limit = max(log_max, self.snap_bytes)
-        if self.log_bytes > limit:
+        if self.log_bytes > limit and self.dead_bytes >= garbage_ratio * self.log_bytes:
             self.compacting = True
         if not self.compacting:
             return c
@@ -187,6 +208,7 @@ class StateLog:
         c.log_trim = front - self.base
         for _ in range(c.log_trim):
             self.log_bytes -= self.sizes.popleft()
+            self.dead_bytes -= self.dead.popleft()
         self.base = front
         if self.log_bytes <= limit // 2:
             self.compacting = False
@@ -197,8 +219,8 @@ def restore_log(
     blobs: list[bytes], base: int, snapseq: dict[str, int], snapshot: dict[str, bytes]
 ) -> tuple[list[bytes], StateLog]:
     """The log blobs as a window restores them (each user's lines that its snapshot covers left out),
-    and the log's bookkeeping (which users the snapshot does not cover yet, from which blob; the
-    snapshot's entry sizes)."""
+    and the log's bookkeeping (which users the snapshot does not cover yet, from which blob; each
+    blob's dead bytes, as the take counted them; the snapshot's entry sizes)."""
     log = StateLog(base=base)
     for user, st in snapshot.items():
         log.snapshot_set(user, len(st))
@@ -207,12 +229,19 @@ def restore_log(
         seq = base + i
         keep: list[bytes] = []
         users: set[str] = set()
+        dead, full_of = 0, None  # full_of: the user whose f-block the lines are in
         for line in blob.split(b"\n") if blob else ():
             user = line_user(line)
+            if line[2:3] == b"f":
+                full_of = user
+            elif user != full_of:
+                full_of = None
+            if full_of is not None or line[2:3] not in b"ak":
+                dead += len(line)
             if snapseq.get(user, -1) >= seq:
                 continue
             keep.append(line)
             users.add(user)
-        log.appended(len(blob), users)
+        log.appended(len(blob), users, dead)
         out.append(b"\n".join(keep))
     return out, log
