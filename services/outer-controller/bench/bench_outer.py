@@ -315,7 +315,9 @@ def lag_phase(
     procs = {"controller": os.getpid(), "broker": broker, "redis": stack_pid("redis")}
     cpu0 = {k: cpu_seconds(pid) for k, pid in procs.items()}
     jit0 = jit_cpu_seconds(broker)
+    redis_saved = redis_config(ctl, os.environ.get("BENCH_REDIS_CONFIG", ""))
     main0, busy0 = thread_schedstat(), machine_busy_seconds()
+    aof0 = aof_rewrites(ctl)
     go.set()
     t0 = time.monotonic()
     deadline = t0 + a.seconds + 120
@@ -324,6 +326,8 @@ def lag_phase(
             ctl.run_once()
     wall = time.monotonic() - t0
     main1, busy1 = thread_schedstat(), machine_busy_seconds()
+    aof1 = aof_rewrites(ctl)
+    redis_config(ctl, redis_saved)
     cores = {k: round((cpu_seconds(pid) - cpu0[k]) / wall, 2) for k, pid in procs.items()}
     cores["broker_jit"] = jit_cores_since(jit0, t0, broker)
     p_cpu, p_wall = prod_cpu.get(timeout=60)
@@ -331,6 +335,7 @@ def lag_phase(
     prod.join(10)
     ctl.checkpoint()
     ctl.shutdown()
+    forget_state(ctl)
     lag = sorted(lag for _, lag in ctl.lag_samples)
     pct = lambda q: percentile(lag, q)  # noqa: E731
     return {
@@ -344,6 +349,8 @@ def lag_phase(
         "seconds_to_catch_up": round(wall, 1),
         "cpu_cores": cores,
         "machine_busy_cores": round((busy1 - busy0) / wall, 2),
+        # Redis rewriting its append-only file (a forked child, a core while it runs: not in its CPU above)
+        "redis_aof_rewrites": aof1 - aof0,
         # the controller's loop thread: its CPU per event, and the share of the phase it was ready to
         # run but every core was busy (the bench shares the machine with the broker, Redis and the
         # producer process)
@@ -359,6 +366,31 @@ def phase_slate(a: argparse.Namespace) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise SystemExit(f"BENCH_SLATE={raw!r}: a positive integer")
     return int(raw)
+
+
+def aof_rewrites(ctl: DurableController) -> int:
+    """Redis's append-only-file rewrites so far (``INFO persistence``)."""
+    return int(ctl.state.client.info("persistence").get("aof_rewrites", 0))  # type: ignore[attr-defined]
+
+
+def redis_config(ctl: DurableController, settings: str) -> str:
+    """Apply ``name=value[;name=value]`` to the bench's Redis (``CONFIG SET``: ``BENCH_REDIS_CONFIG``, an
+    arm of ``--compare``); returns the same for the values they replaced."""
+    client = ctl.state.client  # type: ignore[attr-defined]
+    saved = []
+    for item in filter(None, settings.split(";")):
+        name, value = item.split("=", 1)
+        saved.append(f"{name}={client.config_get(name)[name]}")
+        client.config_set(name, value)
+    return ";".join(saved)
+
+
+def forget_state(ctl: DurableController) -> None:
+    """Delete a finished phase's state (its own consumer group's keys): a phase's Redis then holds
+    one controller's state, as a production one would, not every earlier phase's too -- which made
+    Redis's append-only-file rewrites (a forked child copying the whole dataset, on the cores the
+    phase runs on) longer phase after phase: 0.5 s to 3.2 s in one run."""
+    ctl.state.delete_all()  # type: ignore[attr-defined]
 
 
 def percentile(ordered: list[int], q: float) -> int | None:
@@ -412,6 +444,7 @@ def throughput_phase(
     tput_busy = (machine_busy_seconds() - busy0) / (t_end - t0)
     tput_jit = jit_cores_since(jit0, tj, broker_pid())
     ctl.shutdown()
+    forget_state(ctl)
     return {
         "events": a.events,
         "users": a.users,
@@ -518,8 +551,9 @@ def main() -> int:
         default={},
         metavar="VAR=VALUE[,VAR=VALUE]",
         help="A/B in one run: every lag phase also runs with these OUTER_* settings (e.g. "
-        "OUTER_NATIVE_PRODUCER=false), the arms alternated A B, B A, ... per rate; the JSON then has a "
-        "per-rate summary (medians of P99 and of the loop thread's CPU per event) for each arm",
+        "OUTER_NATIVE_PRODUCER=false; also BENCH_SLATE=K, and BENCH_REDIS_CONFIG='name=value;...' for "
+        "Redis's CONFIG SET during the phase), the arms alternated A B, B A, ... per rate; the JSON then "
+        "has a per-rate summary (medians of P99 and of the loop thread's CPU per event) for each arm",
     )
     ap.add_argument(
         "--repeat", type=int, default=1, help="lag phases per rate (and arm), alternated (default 1)"

@@ -969,6 +969,7 @@ class DurableController:
             m.compacted_users.inc(compacted)
         m.state_bytes.labels(partition=p, part="log").set(shard.log.log_bytes)
         m.state_bytes.labels(partition=p, part="snapshot").set(shard.log.snap_bytes)
+        m.state_bytes.labels(partition=p, part="log_dead").set(shard.log.dead_bytes)
 
     def _write_and_land(self, pw: _PendingWrite) -> bool:
         return self._settle(pw, lambda: self._write(pw))

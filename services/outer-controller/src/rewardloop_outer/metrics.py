@@ -132,7 +132,8 @@ class OuterMetrics:
         )
         self.state_bytes = Gauge(
             "rewardloop_outer_state_bytes",
-            "A shard's durable state before compression: its delta log and its snapshot (part).",
+            "A shard's durable state before compression: its delta log and its snapshot (part); "
+            "log_dead: the log's bytes made dead by later lines (a compaction pass waits for them).",
             ["partition", "part"],
             registry=r,
         )
