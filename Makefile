@@ -112,7 +112,7 @@ test-ops: ## ops tests: promtool checks + rule unit tests, dashboard lint, every
 	exit $$rc
 
 .PHONY: bench-outer bench-tuner bench-checkpoint bench-state bench-producer bench-consumer
-bench-outer: ; $(VENV)/python services/outer-controller/bench/bench_outer.py $(BENCH_OUTER_ARGS) ## outer controller: events/s from real Kafka into durable session state + event-to-state lag P50/P99 (BENCH_OUTER_ARGS, e.g. --impl native|python --rate 5000,30000)
+bench-outer: ; $(VENV)/python services/outer-controller/bench/bench_outer.py $(BENCH_OUTER_ARGS) ## outer controller: events/s from real Kafka into durable session state + event-to-state lag P50/P99 (BENCH_OUTER_ARGS, e.g. --impl native|python --rate 5000,30000 --slate 5)
 bench-checkpoint: ; $(VENV)/python services/outer-controller/bench/bench_checkpoint_write.py $(BENCH_CHECKPOINT_ARGS) ## outer controller: ms per fenced checkpoint write during compaction, redis-py's Python packer/parser vs hiredis side by side (private redis-server)
 bench-state: ; $(VENV)/python services/outer-controller/bench/bench_state_size.py $(BENCH_STATE_ARGS) ## outer controller: state bytes per stored event (controller RSS, Redis log/snapshot) and RAM/Redis sizing per rate for the attribution window (in process, ~10 s)
 bench-producer: ; $(VENV)/python services/outer-controller/bench/bench_producer.py $(BENCH_PRODUCER_ARGS) ## outer controller: loop-thread CPU per produced outbox record, confluent-kafka vs the native producer, alternated (real Kafka)

@@ -9,14 +9,16 @@ ports), then, with one in-process :class:`DurableController` (event clock, Redis
    JIT compiler threads took ~23 % of this 2-core machine's CPU during the first lag phases (``perf``)
    and the broker's own CPU fell from ~0.7 to ~0.25 cores at 50 000 records/s once compiled -- a
    production broker is long warm. The compiler threads' CPU is reported per phase (``broker_jit``);
-1. **throughput**: N reward events (``--users`` users, sessions of ~8 steps) are produced first; the
-   controller consumes them from offset 0; events/s = N / (time until every record is in a landed
-   checkpoint);
+1. **throughput**: N reward events (``--users`` users, requests of ``--slate`` actions: :func:`events`)
+   are produced first; the controller consumes them from offset 0; events/s = N / (time until every
+   record is in a landed checkpoint);
 2. **lag**: for each rate of ``--rate`` (comma-separated), events are produced live at that rate for
    ``--seconds`` by a separate producer process into a new topic; per record, lag = checkpoint landed
    (wall clock) - the record's Kafka timestamp; P50/P99 reported, with the CPU each process used (in
    cores: CPU seconds / wall seconds) -- the broker, the producer and the controller share this
-   machine's cores, and the lag is only the controller's while they are not all busy.
+   machine's cores, and the lag is only the controller's while they are not all busy. Redis's
+   append-only-file rewrites in the phase are counted (a forked child, not in Redis's CPU), and the
+   phase's state is deleted after it.
 
 ``--compare OUTER_X=value`` runs every lag phase in a second arm with that setting too, ``--repeat N``
 times per rate, the arms alternated A B, B A, ... in one process, and adds a per-rate summary with each
