@@ -566,15 +566,15 @@ def test_incremental_compaction_survives_crashes_at_every_step(
     trimmed = restored_mid_compaction = compared = 0
     compacted = 0.0
     before: dict[str, bytes | None] | None = None
+    # the size rule alone (garbage ratio 0): this stream's log is mostly live events
+    kw = {
+        "outer_consumer_group": "inc",
+        "outer_state_log_max_bytes": 6_000,
+        "outer_state_log_garbage_ratio": 0,
+        "outer_native": native,
+    }
     for crash in range(500):
-        ctl = make(
-            log,
-            rds,
-            outer_consumer_group="inc",
-            outer_state_log_max_bytes=6_000,
-            outer_state_log_garbage_ratio=0,
-            outer_native=native,
-        )
+        ctl = make(log, rds, **kw)
         ctl.subscribe()
         w, st = ctl.shards[0].window, ctl.shards[0].log
         restored_mid_compaction += bool(st.uncovered) and rds.hlen(key + "users") > 0
@@ -592,7 +592,7 @@ def test_incremental_compaction_survives_crashes_at_every_step(
         assert (rds.llen(key + "log"), meta["log_base"]) == (len(st.sizes), st.base)
         assert set(rds.hkeys(key + "snapseq")) == set(rds.hkeys(key + "users"))
         reg = ctl.metrics.registry
-        for part, size in (("log", st.log_bytes), ("snapshot", st.snap_bytes)):
+        for part, size in (("log", st.log_bytes), ("snapshot", st.snap_bytes), ("log_dead", st.dead_bytes)):
             labels = {"partition": "0", "part": part}
             assert reg.get_sample_value("rewardloop_outer_state_bytes", labels) == size
         compacted += reg.get_sample_value("rewardloop_outer_state_compacted_users_total") or 0
@@ -603,14 +603,7 @@ def test_incremental_compaction_survives_crashes_at_every_step(
         ctl.producer.pending.clear()  # "kill -9": nothing else is flushed
     assert trimmed >= 5 and restored_mid_compaction >= 3 and compared >= 5, (trimmed, restored_mid_compaction)
     assert compacted >= 10
-    ctl = make(
-        log,
-        rds,
-        outer_consumer_group="inc",
-        outer_state_log_max_bytes=6_000,
-        outer_state_log_garbage_ratio=0,
-        outer_native=native,
-    )
+    ctl = make(log, rds, **kw)
     ctl.subscribe()
     run_to_end(ctl)
     assert final_sessions(log) == want
