@@ -15,7 +15,7 @@ last one, an ``f`` line and the full state after it replace all of its earlier l
 removes them; their own size stands in for what they make dead). A pass rewrites every user the log
 holds lines of: over a log of live events (sessions still in the attribution window, 7 days by default)
 it wrote the same events a second time and freed nothing -- at 10^5 events/s of the simulator's traffic
-the first pass began ~3 s into the stream and took ~0.3 s of the loop thread per second while it ran
+the first pass began ~3 s into the stream and took ~0.14 s more of the loop thread per second while it ran
 (``make bench-outer``). Waiting for dead bytes keeps the log at most about twice what it holds live
 (restores read it whole), as before the snapshot and log together were at most twice the state;
 ``OUTER_STATE_LOG_GARBAGE_RATIO=0`` is the size rule alone.
