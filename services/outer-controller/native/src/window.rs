@@ -213,6 +213,8 @@ enum Actions {
 struct Frozen {
     block: Box<[u8]>,
     hashes: Box<[u64]>,
+    /// the actions' JSON bytes in all (an expiry counts the lines it makes dead without decompressing)
+    raw_bytes: usize,
 }
 
 impl Frozen {
@@ -268,10 +270,15 @@ impl Actions {
                 a.encode(&mut enc);
             }
             let hashes = set.hashes().collect();
+            let raw_bytes = set.iter().map(|a| a.raw().len()).sum();
             // a copy of the exact size: the compressor's buffer has room for the worst case, and
             // shrinking it in place (realloc) keeps the whole allocation
             let block = Box::from(&lz4_flex::compress_prepend_size(&enc)[..]);
-            *self = Actions::Frozen(Frozen { block, hashes });
+            *self = Actions::Frozen(Frozen {
+                block,
+                hashes,
+                raw_bytes,
+            });
         }
     }
 
@@ -309,6 +316,14 @@ impl Actions {
         match self {
             Actions::Live(set) => set.iter().cloned().collect(),
             Actions::Frozen(f) => f.actions(),
+        }
+    }
+
+    /// How many actions, and their JSON bytes in all (a frozen set is not decompressed).
+    fn count_and_raw_bytes(&self) -> (usize, usize) {
+        match self {
+            Actions::Live(set) => (set.iter().len(), set.iter().map(|a| a.raw().len()).sum()),
+            Actions::Frozen(f) => (f.hashes.len(), f.raw_bytes),
         }
     }
 
@@ -593,21 +608,20 @@ fn header_line(out: &mut Vec<u8>, user: &str, o: Option<&Session>, rs: &[Session
     out.extend_from_slice(b"]}]");
 }
 
-/// `_event_lines_len`: the bytes of `s`'s event lines (`event_line` of each action and KPI)
-fn event_lines_len(user: &str, s: &Session) -> usize {
+/// `_event_lines_len`: the bytes of `n` event lines (`event_line`) of `user` and `sid` holding
+/// `raw_bytes` of events in all
+fn event_lines_len(user: &str, sid: i64, n: usize, raw_bytes: usize) -> usize {
     let mut head = Vec::new(); // user and sid as the lines write them
     json::write_str(&mut head, user);
-    json::write_i64(&mut head, s.sid);
-    let (mut n, mut bytes) = (0, 0);
-    s.actions.for_each_raw(|raw| {
-        n += 1;
-        bytes += raw.len();
-    });
-    for k in s.kpis.iter() {
-        n += 1;
-        bytes += k.raw.len();
-    }
-    bytes + (head.len() + 8) * n // '["a",' user ',' sid ',' raw ']'
+    json::write_i64(&mut head, sid);
+    raw_bytes + (head.len() + 8) * n // '["a",' user ',' sid ',' raw ']'
+}
+
+/// The bytes of `s`'s event lines (each action and KPI)
+fn session_lines_len(user: &str, s: &Session) -> usize {
+    let (n, bytes) = s.actions.count_and_raw_bytes();
+    let kpi_bytes: usize = s.kpis.iter().map(|k| k.raw.len()).sum();
+    event_lines_len(user, s.sid, n + s.kpis.iter().len(), bytes + kpi_bytes)
 }
 
 /// `_full_lines`, joined with `\n`
@@ -814,7 +828,7 @@ impl Core {
             self.retained_count += 1;
         } else {
             self.mark_rewrite(e); // its events leave the state
-            self.removed += event_lines_len(&e.key, &s);
+            self.removed += session_lines_len(&e.key, &s);
         }
     }
 
@@ -937,9 +951,7 @@ fn settle_pending(users: &mut Users, c: &mut Core, clock: i64) {
         c.mark_rewrite(e);
         if c.attribute(e, ev.clone(), true, true) == UNATTRIBUTED {
             c.unattributed(&ev, clock);
-            let mut line = Vec::new();
-            event_line(&mut line, b'k', &e.key, 0, &ev.raw);
-            c.removed += line.len();
+            c.removed += event_lines_len(&e.key, 0, 1, ev.raw.len());
         }
     }
 }
@@ -969,7 +981,7 @@ fn expire_retained(users: &mut Users, c: &mut Core, clock: i64) {
             c.mark_retained(e, sid);
         }
         for r in e.retained.iter().filter(|r| expired(r)) {
-            c.removed += event_lines_len(&key, r);
+            c.removed += session_lines_len(&key, r);
         }
         let before = e.retained.len();
         e.retained.retain(|r| !expired(r));

@@ -247,11 +247,15 @@ def _event_line(kind: bytes, uj: bytes, sid: int, raw: bytes) -> bytes:
     return b"".join((b'["', kind, b'",', uj, b",", str(sid).encode(), b",", raw, b"]"))  # one copy of raw
 
 
-def _event_lines_len(uj: bytes, s: OpenSession) -> int:
-    """The bytes of ``s``'s event lines (``_event_line`` of each of its actions and KPIs)."""
-    per_line = len(uj) + len(str(s.sid)) + 8  # '["a",' user ',' sid ',' raw ']'
-    raws = [a.raw for a in s.actions.values()] + [k.raw for k in s.kpis.values()]
+def _event_lines_len(uj: bytes, sid: int, raws: list[bytes]) -> int:
+    """The bytes of the event lines (``_event_line``) of user ``uj`` and ``sid`` holding ``raws``."""
+    per_line = len(uj) + len(str(sid)) + 8  # '["a",' user ',' sid ',' raw ']'
     return sum(map(len, raws)) + per_line * len(raws)
+
+
+def _session_lines_len(uj: bytes, s: OpenSession) -> int:
+    """The bytes of ``s``'s event lines (each of its actions and KPIs)."""
+    return _event_lines_len(uj, s.sid, [a.raw for a in s.actions.values()] + [k.raw for k in s.kpis.values()])
 
 
 def _open_line(uj: bytes, o: OpenSession | None) -> bytes:
@@ -569,7 +573,7 @@ class SessionWindow:
             heapq.heappush(self._retained_heap, (s.last_ms + self.retention_ms, user))
         else:
             self._mark_rewrite(user)  # its events leave the state
-            self._removed += _event_lines_len(orjson.dumps(user), s)
+            self._removed += _session_lines_len(orjson.dumps(user), s)
 
     def _advance(self, clock: int) -> None:
         """Close the sessions the clock made due (into ``_closed``) and settle pending KPIs.
@@ -616,7 +620,7 @@ class SessionWindow:
             self._mark_rewrite(user)
             if self._attribute(ev, settled=True, moved=True) is AddResult.UNATTRIBUTED:
                 self._unattributed(ev, clock)
-                self._removed += len(_event_line(b"k", orjson.dumps(user), 0, ev.raw))
+                self._removed += _event_lines_len(orjson.dumps(user), 0, [ev.raw])
 
     def _emit_amendments(self, clock: int) -> list[ClosedSession]:
         out: list[ClosedSession] = []
@@ -647,7 +651,7 @@ class SessionWindow:
                 if clock > r.last_ms + self.retention_ms:
                     if r.amended:
                         self._closed.append(self._amend(r, clock))  # emit before forgetting it
-                    self._removed += _event_lines_len(orjson.dumps(user), r)
+                    self._removed += _session_lines_len(orjson.dumps(user), r)
             if len(keep) != len(sessions):
                 self._mark_rewrite(user)
             if keep:
