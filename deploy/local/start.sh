@@ -102,6 +102,9 @@ launch() {
   } >>"$lf"
   # shellcheck disable=SC2016
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pf" "$@" </dev/null >>"$lf" 2>&1 &
+  # setsid does not fork here (a background job is no group leader), so $! is the component's pid
+  # and this shell its parent: wait_ready can tell it died, and how, without reading its cmdline
+  LAUNCHED_PID[$name]=$!
   local _
   for _ in $(seq 1 50); do
     [[ -s $pf ]] && return 0
@@ -110,14 +113,37 @@ launch() {
   fail_with_log "$name" "$name: did not start"
 }
 
+declare -A LAUNCHED_PID=()
+
+# True while child $1 of this shell lives (a zombie -- exited, not yet reaped -- does not).
+child_alive() {
+  kill -0 "$1" 2>/dev/null && [[ "$(sed -e 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $1}')" != Z ]]
+}
+
+# Fails with its log when component $1 is not running. One this run launched is judged by its pid
+# alone, and its exit status is reported: running_pid's cmdline check misreads a process in the middle
+# of exec (its cmdline reads as empty until the new image's arguments are set up), and a re-check
+# 0.3 s later was not always enough -- CI once failed Prometheus's start that way, its log empty. One
+# found running by its pid file is judged as running_pid says.
+check_alive() {
+  local name=$1 pid=${LAUNCHED_PID[$1]:-} rc=0 how
+  if [[ -n $pid ]]; then
+    child_alive "$pid" && return 0
+    # in this shell, not a $(...) subshell: only the parent can wait for a child
+    wait "$pid" 2>/dev/null || rc=$?
+    if ((rc > 128)); then how="killed by signal $((rc - 128))"; else how="exit status $rc"; fi
+    fail_with_log "$name" "$name exited during start-up ($how)"
+  else
+    running_pid "$name" >/dev/null || fail_with_log "$name" "$name is no longer running"
+  fi
+}
+
 # Wait until component $1 answers its readiness probe; fail early when its process dies.
 wait_ready() {
   local name=$1 timeout=${2:-$START_TIMEOUT} start
   start=$(date +%s)
   while ! probe "$name"; do
-    # look twice: while the launcher execs, /proc/<pid>/cmdline can briefly read as empty
-    running_pid "$name" >/dev/null || { sleep 0.3 && running_pid "$name" >/dev/null; } ||
-      fail_with_log "$name" "$name exited during start-up"
+    check_alive "$name"
     if (($(date +%s) - start >= timeout)); then
       fail_with_log "$name" "$name not ready after ${timeout}s"
     fi
