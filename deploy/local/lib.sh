@@ -74,9 +74,15 @@ running_pid() {
   kill -0 "$pid" 2>/dev/null || return 1
   cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
   [[ $cmdline == *"$(cmd_marker "$1")"* ]] || return 1
-  # a zombie is not running
-  [[ "$(sed -e "s/.*) //" "/proc/$pid/stat" 2>/dev/null | awk "{print \$1}")" != Z ]] || return 1
+  pid_alive "$pid" || return 1
   echo "$pid"
+}
+
+# True while process $1 lives: it exists and is no zombie (exited, not yet reaped by its parent).
+pid_alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  # field 3 of /proc/<pid>/stat, the state, counted after the ")" that ends the command name
+  [[ "$(sed -e 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $1}')" != Z ]]
 }
 
 # host:port -> port ; host:port -> host

@@ -115,11 +115,6 @@ launch() {
 
 declare -A LAUNCHED_PID=()
 
-# True while child $1 of this shell lives (a zombie -- exited, not yet reaped -- does not).
-child_alive() {
-  kill -0 "$1" 2>/dev/null && [[ "$(sed -e 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $1}')" != Z ]]
-}
-
 # Fails with its log when component $1 is not running. One this run launched is judged by its pid
 # alone, and its exit status is reported: running_pid's cmdline check misreads a process in the middle
 # of exec (its cmdline reads as empty until the new image's arguments are set up), and a re-check
@@ -128,7 +123,7 @@ child_alive() {
 check_alive() {
   local name=$1 pid=${LAUNCHED_PID[$1]:-} rc=0 how
   if [[ -n $pid ]]; then
-    child_alive "$pid" && return 0
+    pid_alive "$pid" && return 0
     # in this shell, not a $(...) subshell: only the parent can wait for a child
     wait "$pid" 2>/dev/null || rc=$?
     if ((rc > 128)); then how="killed by signal $((rc - 128))"; else how="exit status $rc"; fi
