@@ -71,10 +71,9 @@ running_pid() {
   [[ -f $f ]] || return 1
   pid="$(<"$f")"
   [[ $pid =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
+  pid_alive "$pid" || return 1
   cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
   [[ $cmdline == *"$(cmd_marker "$1")"* ]] || return 1
-  pid_alive "$pid" || return 1
   echo "$pid"
 }
 

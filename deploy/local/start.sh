@@ -87,6 +87,9 @@ check_ports_free() {
   done
 }
 
+# component -> pid of what this run launched (launch), for check_alive
+declare -A LAUNCHED_PID=()
+
 # Launch "$@" as component $1 in its own session; the process writes its own pid (bash's $$ is the
 # pid that exec keeps), so the pid file names the real process.
 launch() {
@@ -112,8 +115,6 @@ launch() {
   done
   fail_with_log "$name" "$name: did not start"
 }
-
-declare -A LAUNCHED_PID=()
 
 # Fails with its log when component $1 is not running. One this run launched is judged by its pid
 # alone, and its exit status is reported: running_pid's cmdline check misreads a process in the middle
